@@ -1,0 +1,39 @@
+"""`sgmn` command line: synth | train | eval | index | query | serve | demo.
+
+Each area registers its own commands (``register(app)`` in its ``cli`` module) so that the
+options of a command live next to the code that runs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="sgmn",
+    help="Livestreaming product retrieval with SGMN: synthesise data, train, evaluate, index, query, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+COMMAND_MODULES = (
+    "sgmn.data.cli",  # synth, inspect
+    "sgmn.train.cli",  # train
+    "sgmn.eval.cli",  # eval
+    "sgmn.retrieval.cli",  # index, query
+    "sgmn.serve.cli",  # serve
+    "sgmn.demo",  # demo
+)
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

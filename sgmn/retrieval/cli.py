@@ -1,0 +1,7 @@
+"""Command registration for this area (filled in by its owner)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass
