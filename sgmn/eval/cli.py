@@ -1,7 +1,46 @@
-"""Command registration for this area (filled in by its owner)."""
+"""`sgmn eval`: the per-room protocol on a data set, writing metrics.json and rankings.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("eval")
+    def eval_command(
+        data: Path = typer.Option(..., "--data", help="Data root."),
+        format: str = typer.Option("lpr4m", "--format", help="lpr4m | lpr750k | sgmn | movingfashion | folders"),
+        checkpoint: Path = typer.Option(..., "--checkpoint", help="Run folder, saved model folder or published .bin"),
+        out: Path = typer.Option(..., "--out", help="Output folder for metrics.json and rankings.json"),
+        split: str = typer.Option("test", "--split"),
+        mode: str = typer.Option("video", "--mode", help="video: one prediction per clip; frame: per frame, causal window"),
+        gallery: str = typer.Option("main", "--gallery", help="main: one image per product; all: best image counts"),
+        batch_size: int = typer.Option(16, "--batch-size"),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)"),
+        num_workers: int = typer.Option(0, "--num-workers"),
+        on_error: str = typer.Option("raise", "--on-error", help="raise | skip (unreadable queries count as misses)"),
+    ):
+        """Evaluate a checkpoint with the per-room protocol (R@1/3/5/10, ranks, breakdowns)."""
+        import torch
+
+        import sgmn
+        from sgmn.data.readers import read_dataset
+        from sgmn.eval.protocol import evaluate, format_table
+
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = sgmn.load_model(checkpoint).to(dev)
+        dataset = read_dataset(data, format, on_error=on_error)
+        result = evaluate(model, dataset, split=split, mode=mode, gallery=gallery, batch_size=batch_size,
+                          device=dev, num_workers=num_workers, on_error=on_error)
+        result.metrics["model"]["checkpoint"] = str(checkpoint)
+        if dataset.skipped:
+            result.metrics["data"]["skipped_while_reading"] = dict(dataset.skipped)
+        result.write(out)
+        typer.echo(format_table(result.metrics))
+        typer.echo(f"wrote {out / 'metrics.json'} and {out / 'rankings.json'}")
+        if dataset.skipped:
+            typer.echo(f"skipped while reading: {json.dumps(dict(dataset.skipped))}")

@@ -1,0 +1,336 @@
+"""The evaluation protocol of shared/spec/evaluation.md.
+
+- Per-room galleries: each query is ranked only against the products of its own live room.
+- Gallery embeddings are computed once per product (shared by every query of its room), never
+  per query — this is what makes SGMN a one-stage retriever.
+- ``gallery="main"`` uses one image per product (the published SGMN evaluation); ``"all"``
+  encodes every image and scores a product by its best image (RICE).
+- ``mode="video"``: one prediction per clip from ``num_frames`` frames sampled uniformly.
+  ``mode="frame"``: one prediction per frame from a causal window of the last <= ``window`` frames
+  (how a live feed is served); query ids are ``<clip_id>@<frame index>``.
+- A query that cannot be read under ``on_error="skip"`` has no prediction and counts as a miss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from sgmn.data.records import Clip, LPRData, Product
+from sgmn.eval.metrics import DEFAULT_KS, breakdown, chance_recall_at_1, recall_summary
+
+Mode = Literal["video", "frame"]
+Gallery = Literal["main", "all"]
+
+
+@dataclass
+class EvalResult:
+    metrics: dict
+    rankings: dict[str, list[tuple[str, float]]]
+    ground_truth: dict[str, list[str]] = field(default_factory=dict)
+    attention: dict[str, np.ndarray] = field(default_factory=dict)  # only when asked for
+
+    def write(self, out_dir: str | Path) -> None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(self.metrics, indent=2, default=_json_default))
+        rankings = {q: [[p, round(float(s), 6)] for p, s in r] for q, r in self.rankings.items()}
+        (out / "rankings.json").write_text(json.dumps(rankings))
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+# ---------------------------------------------------------------------------- fingerprints
+def data_fingerprint(data: LPRData, split: str) -> str:
+    """Hash of what the protocol depends on: queries, their ground truth, galleries, media paths."""
+    h = hashlib.sha256()
+    for clip in data.split_clips(split):
+        h.update(clip.clip_id.encode())
+        h.update(json.dumps([sorted(clip.product_ids), [str(p) for p in clip.frame_paths], str(clip.video_path), clip.asr]).encode())
+        h.update(json.dumps(data.rooms[clip.room_id].product_ids if clip.room_id in data.rooms else []).encode())
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------- helpers
+class _AliasedText:
+    """Text vectors looked up under derived query ids (frame-mode windows share their clip's ASR)."""
+
+    def __init__(self, text, alias: dict[str, str]):
+        self._text, self._alias, self.dim = text, alias, text.dim
+
+    def clip(self, clip_id: str):
+        return self._text.clip(self._alias.get(clip_id, clip_id))
+
+    def product(self, product_id: str):
+        return self._text.product(self._alias.get(product_id, product_id))
+
+
+def frame_mode_queries(clips: list[Clip], window: int) -> tuple[list[Clip], dict[str, str]]:
+    """One causal window per frame: the frame and the ``window - 1`` frames before it."""
+    out, alias = [], {}
+    for clip in clips:
+        if not clip.frame_paths:
+            raise ValueError(
+                f"frame mode needs clips stored as frames; clip {clip.clip_id!r} is a video file "
+                "(decode it to frames first, or use mode='video')"
+            )
+        for t in range(len(clip.frame_paths)):
+            lo = max(0, t - window + 1)
+            qid = f"{clip.clip_id}@{t:04d}"
+            out.append(
+                dataclasses.replace(
+                    clip,
+                    clip_id=qid,
+                    frame_paths=clip.frame_paths[lo : t + 1],
+                    boxes=clip.boxes[lo : t + 1] if clip.boxes else None,
+                    frame_sizes=clip.frame_sizes[lo : t + 1] if clip.frame_sizes else None,
+                )
+            )
+            alias[qid] = clip.clip_id
+    return out, alias
+
+
+def _make_text_vectors(model, data: LPRData, split: str):
+    from sgmn.text import CachedTextEncoder, TextVectors, make_text_encoder
+
+    config = model.config
+    if not getattr(config, "use_text", True) or config.architecture != "sgmn":
+        return None
+    if config.text.encoder == "precomputed":
+        return TextVectors(data, split, None)
+    encoder = make_text_encoder(config.text)
+    if config.text.cache_dir:
+        encoder = CachedTextEncoder(encoder, config.text.cache_dir)
+    return TextVectors(data, split, encoder)
+
+
+def _dataset_kwargs(model) -> dict:
+    c = model.config
+    return dict(
+        num_frames=c.num_frames,
+        image_size=c.vision.image_size,
+        patch_size=c.vision.patch_size,
+        geometry=c.geometry,
+    )
+
+
+# ---------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def encode_gallery(model, products: list[Product], *, text, gallery: Gallery, batch_size: int,
+                   device, num_workers: int = 0, progress: bool = True):
+    """Encode every product once. Returns (product ids of rows, ProductEmbeddings on CPU)."""
+    from sgmn.data.dataset import GalleryProducts, collate
+
+    if gallery == "all":
+        entries = [dataclasses.replace(p, image_paths=[img]) for p in products for img in p.image_paths]
+    else:
+        entries = list(products)
+    ds = GalleryProducts(entries, text=text, **{k: v for k, v in _dataset_kwargs(model).items() if k != "num_frames"})
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+    ids: list[str] = []
+    parts = []
+    for batch in tqdm(loader, desc="gallery", disable=not progress, leave=False):
+        emb = model.encode_products(
+            batch["product_pixels"].to(device),
+            titles=batch["title_vec"].to(device) if "title_vec" in batch else None,
+            title_mask=batch["title_mask"].to(device) if "title_mask" in batch else None,
+        )
+        parts.append(_to_cpu(emb))
+        ids.extend(batch["product_ids"])
+    return ids, _cat(parts)
+
+
+@torch.no_grad()
+def encode_queries(model, clips: list[Clip], data: LPRData, *, text, batch_size: int, device,
+                   num_workers: int = 0, on_error: str = "raise", return_attention: bool = False,
+                   progress: bool = True):
+    from sgmn.data.dataset import QueryClips, collate
+
+    sub = LPRData(source=data.source, root=data.root, rooms=data.rooms, products=data.products,
+                  clips={c.clip_id: c for c in clips}, splits={"queries": [c.clip_id for c in clips]})
+    ds = QueryClips(sub, "queries", text=text, on_error=on_error, **_dataset_kwargs(model))
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+    ids: list[str] = []
+    parts = []
+    skipped = 0
+    for batch in tqdm(loader, desc="queries", disable=not progress, leave=False):
+        skipped += int(batch.get("skipped", 0))
+        if not batch.get("clip_ids"):
+            continue
+        emb = model.encode_clips(
+            batch["frames"].to(device),
+            frame_mask=batch["frame_mask"].to(device),
+            asr=batch["asr_vec"].to(device) if "asr_vec" in batch else None,
+            asr_mask=batch["asr_mask"].to(device) if "asr_mask" in batch else None,
+            return_attention=return_attention,
+        )
+        parts.append(_to_cpu(emb))
+        ids.extend(batch["clip_ids"])
+    return ids, (_cat(parts) if parts else None), skipped
+
+
+def _to_cpu(emb):
+    return dataclasses.replace(
+        emb, **{f.name: getattr(emb, f.name).detach().float().cpu() if f.name != "text_mask" else getattr(emb, f.name).cpu()
+                for f in dataclasses.fields(emb) if isinstance(getattr(emb, f.name), torch.Tensor)}
+    )
+
+
+def _cat(parts):
+    first = parts[0]
+    values = {}
+    for f in dataclasses.fields(first):
+        vals = [getattr(p, f.name) for p in parts]
+        values[f.name] = torch.cat(vals) if isinstance(vals[0], torch.Tensor) else None
+    return type(first)(**values)
+
+
+def _take(emb, index):
+    idx = torch.as_tensor(index, dtype=torch.long)
+    return dataclasses.replace(
+        emb, **{f.name: getattr(emb, f.name)[idx] for f in dataclasses.fields(emb)
+                if isinstance(getattr(emb, f.name), torch.Tensor)}
+    )
+
+
+def evaluate(
+    model,
+    data: LPRData,
+    split: str = "test",
+    mode: Mode = "video",
+    gallery: Gallery = "main",
+    batch_size: int = 16,
+    device: Optional[str | torch.device] = None,
+    text=None,
+    num_workers: int = 0,
+    on_error: str = "raise",
+    window: int = 10,
+    ks=DEFAULT_KS,
+    return_attention: bool = False,
+    progress: bool = True,
+) -> EvalResult:
+    if mode not in ("video", "frame"):
+        raise ValueError(f"mode must be 'video' or 'frame', got {mode!r}")
+    if gallery not in ("main", "all"):
+        raise ValueError(f"gallery must be 'main' or 'all', got {gallery!r}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    clips = data.split_clips(split)
+    if text is None:
+        text = _make_text_vectors(model, data, split)
+
+    # Gallery: every product of every room that has a query, each encoded exactly once.
+    room_ids = sorted({c.room_id for c in clips})
+    missing_rooms = [r for r in room_ids if r not in data.rooms]
+    if missing_rooms:
+        raise KeyError(f"queries refer to rooms without a gallery: {missing_rooms[:5]}")
+    product_ids = sorted({p for r in room_ids for p in data.rooms[r].product_ids})
+    row_ids, prod_emb = encode_gallery(
+        model, [data.products[p] for p in product_ids], text=text, gallery=gallery,
+        batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
+    )
+    rows_of: dict[str, list[int]] = {}
+    for i, pid in enumerate(row_ids):
+        rows_of.setdefault(pid, []).append(i)
+
+    if mode == "frame":
+        queries, alias = frame_mode_queries(clips, window)
+        qtext = _AliasedText(text, alias) if text is not None else None
+    else:
+        queries, alias, qtext = clips, {}, text
+    q_ids, q_emb, skipped = encode_queries(
+        model, queries, data, text=qtext, batch_size=batch_size, device=device,
+        num_workers=num_workers, on_error=on_error, return_attention=return_attention, progress=progress,
+    )
+    q_index = {q: i for i, q in enumerate(q_ids)}
+
+    rankings: dict[str, list[tuple[str, float]]] = {}
+    ground_truth: dict[str, list[str]] = {}
+    gallery_sizes: dict[str, int] = {}
+    attention: dict[str, np.ndarray] = {}
+    by_room: dict[str, list[Clip]] = {}
+    for q in queries:
+        by_room.setdefault(q.room_id, []).append(q)
+    for room_id, room_queries in by_room.items():
+        room_products = data.rooms[room_id].product_ids
+        rows = [i for p in room_products for i in rows_of.get(p, [])]
+        row_owner = [p for p in room_products for _ in rows_of.get(p, [])]
+        present = [q for q in room_queries if q.clip_id in q_index]
+        for q in room_queries:
+            ground_truth[q.clip_id] = list(q.product_ids)
+            gallery_sizes[q.clip_id] = len(room_products)
+        if not present or not rows:
+            continue
+        qi = [q_index[q.clip_id] for q in present]
+        scores = model.score(_take(q_emb, qi), _take(prod_emb, rows)).float().numpy()
+        for q, s in zip(present, scores):
+            best: dict[str, float] = {}
+            for owner, value in zip(row_owner, s.tolist()):  # "all" gallery: a product's best image
+                if owner not in best or value > best[owner]:
+                    best[owner] = value
+            rankings[q.clip_id] = sorted(best.items(), key=lambda kv: -kv[1])
+            if return_attention and q_emb.attention is not None:
+                attention[q.clip_id] = q_emb.attention[q_index[q.clip_id]].numpy()
+
+    metrics = recall_summary(rankings, ground_truth, ks)
+    facets: dict[str, dict[str, Optional[str]]] = {"category": {}}
+    for q in queries:
+        facets["category"][q.clip_id] = q.category
+        for k, v in (q.attributes or {}).items():
+            facets.setdefault(k, {})[q.clip_id] = v
+        if q.group:
+            facets.setdefault("group", {})[q.clip_id] = q.group
+    metrics = {
+        **metrics,
+        "chance_R@1": chance_recall_at_1(ground_truth, gallery_sizes),
+        "num_skipped_unreadable": skipped,
+        "breakdown": breakdown(rankings, ground_truth, facets, ks),
+        "protocol": {
+            "split": split, "mode": mode, "gallery": gallery, "window": window if mode == "frame" else None,
+            "num_frames": model.config.num_frames, "rooms": len(room_ids),
+            "gallery_products": len(product_ids), "gallery_images": len(row_ids),
+            "ties": "broken against the ground truth",
+        },
+        "model": {"name": model.config.name, "fingerprint": model_fingerprint(model)},
+        "data": {"source": data.source, "root": str(data.root) if data.root else None,
+                 "fingerprint": data_fingerprint(data, split)},
+    }
+    if was_training:
+        model.train()
+    return EvalResult(metrics=metrics, rankings=rankings, ground_truth=ground_truth, attention=attention)
+
+
+def format_table(metrics: dict, ks=DEFAULT_KS) -> str:
+    """A short human-readable metrics table (what `sgmn eval` and the demo print)."""
+    head = " | ".join([f"R@{k:<3}" for k in ks] + ["med rank", "mean rank", "queries", "missing", "chance R@1"])
+    vals = " | ".join(
+        [f"{metrics[f'R@{k}']:6.2f}" for k in ks]
+        + [f"{metrics['median_rank']:8.1f}", f"{metrics['mean_rank']:9.2f}", f"{metrics['num_queries']:7d}",
+           f"{metrics['num_missing_predictions']:7d}", f"{metrics.get('chance_R@1', float('nan')):10.2f}"]
+    )
+    return f"{head}\n{vals}"
