@@ -1,0 +1,190 @@
+"""Frame sampling, image loading and video decoding, on files the tests write themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from sgmn.data.media import decode_video, load_clip_frames, load_image, sample_indices
+from sgmn.data.records import Clip
+from sgmn.errors import MediaError
+
+
+def write_gray_video(path: Path, levels: list[int], rate: int = 10, size=(64, 48)) -> Path:
+    """An mp4 whose frame i is a flat gray image of brightness ``levels[i]``."""
+    width, height = size
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"qscale": "2"}
+        for level in levels:
+            array = np.full((height, width, 3), level, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def frame_level(array: np.ndarray) -> float:
+    return float(array.mean())
+
+
+# --- sampling -------------------------------------------------------------------------------
+
+
+def test_sample_indices_follows_the_protocol_linspace():
+    # floor of 0, 2.5, 5, 7.5, 10, 12.5, 15, 17.5, 20, 22.5
+    assert sample_indices(25, 10) == [0, 2, 5, 7, 10, 12, 15, 17, 20, 22]
+    assert sample_indices(30, 3) == [0, 10, 20]
+
+
+def test_short_clip_gives_each_frame_once_and_none_means_all():
+    assert sample_indices(4, 10) == [0, 1, 2, 3]
+    assert sample_indices(7, None) == list(range(7))
+    assert sample_indices(0, 10) == []
+
+
+def test_jittered_sampling_stays_inside_each_segment_and_is_reproducible():
+    picks = sample_indices(100, 10, np.random.default_rng(3))
+    assert picks == sample_indices(100, 10, np.random.default_rng(3))
+    for k, index in enumerate(picks):
+        assert 10 * k <= index < 10 * (k + 1)
+    draws = {tuple(sample_indices(100, 10, np.random.default_rng(s))) for s in range(5)}
+    assert len(draws) > 1
+
+
+def test_sample_indices_rejects_bad_counts():
+    with pytest.raises(ValueError):
+        sample_indices(10, 0)
+
+
+# --- images ---------------------------------------------------------------------------------
+
+
+def test_load_image_returns_rgb_pixels(tmp_path):
+    gray = Image.new("L", (5, 4), color=77)
+    gray.save(tmp_path / "g.png")
+    img = load_image(tmp_path / "g.png")
+    assert img.mode == "RGB" and img.size == (5, 4)
+    assert np.asarray(img)[0, 0].tolist() == [77, 77, 77]
+
+
+def test_truncated_jpeg_raises_media_error_naming_the_file(tmp_path):
+    path = tmp_path / "frame-0001.jpg"
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MediaError) as info:
+        load_image(path)
+    assert "frame-0001.jpg" in str(info.value)
+    assert "truncated" in str(info.value)
+    assert info.value.file == str(path)
+
+
+def test_not_an_image_and_missing_file_raise_media_error(tmp_path):
+    fake = tmp_path / "shop.jpg"
+    fake.write_text("this is not a picture")
+    with pytest.raises(MediaError, match="shop.jpg.*not a readable image"):
+        load_image(fake)
+    with pytest.raises(MediaError, match="nowhere.png.*not found"):
+        load_image(tmp_path / "nowhere.png")
+
+
+# --- video ----------------------------------------------------------------------------------
+
+
+def test_decode_video_samples_uniformly_and_returns_the_right_frames(tmp_path):
+    levels = [10 + 12 * i for i in range(20)]
+    path = write_gray_video(tmp_path / "clip.mp4", levels)
+    arrays, indices = decode_video(path, num_frames=5)
+    assert indices == [0, 4, 8, 12, 16]
+    assert all(a.shape == (48, 64, 3) and a.dtype == np.uint8 for a in arrays)
+    for array, index in zip(arrays, indices):
+        assert abs(frame_level(array) - levels[index]) < 4
+
+
+def test_decode_video_all_frames_and_by_fps(tmp_path):
+    levels = [10 + 12 * i for i in range(20)]
+    path = write_gray_video(tmp_path / "clip.mp4", levels, rate=10)
+    arrays, indices = decode_video(path)
+    assert indices == list(range(20)) and len(arrays) == 20
+    # 2 s at 10 fps thinned to 2 fps: one frame every 0.5 s
+    arrays, indices = decode_video(path, fps=2)
+    assert indices == [0, 5, 10, 15]
+    for array, index in zip(arrays, indices):
+        assert abs(frame_level(array) - levels[index]) < 4
+    # thin first, then sample uniformly among the thinned frames
+    _, indices = decode_video(path, num_frames=2, fps=2)
+    assert indices == [0, 10]
+
+
+def test_broken_and_missing_videos_raise_media_error(tmp_path):
+    good = write_gray_video(tmp_path / "good.mp4", [100] * 10)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(good.read_bytes()[:300])
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 255, 4000, dtype=np.uint8).tobytes())
+    for path in (broken, garbage):
+        with pytest.raises(MediaError) as info:
+            decode_video(path, num_frames=4)
+        assert path.name in str(info.value)
+    with pytest.raises(MediaError, match="missing.mp4.*not found"):
+        decode_video(tmp_path / "missing.mp4")
+
+
+# --- clips ----------------------------------------------------------------------------------
+
+
+def test_frame_folder_clip_samples_frames_with_their_boxes(tmp_path):
+    paths = []
+    for i in range(20):
+        path = tmp_path / f"f{i:02d}.png"
+        Image.new("RGB", (40, 30), color=(i * 10, 0, 0)).save(path)
+        paths.append(path)
+    boxes = [None if i % 2 else (1.0, 2.0, 11.0 + i, 12.0) for i in range(20)]
+    clip = Clip("c", "room", frame_paths=paths, boxes=boxes)
+    images, got_boxes, indices = load_clip_frames(clip, 4)
+    assert indices == [0, 5, 10, 15]
+    assert [np.asarray(im)[0, 0, 0] for im in images] == [0, 50, 100, 150]
+    assert got_boxes == [boxes[0], None, boxes[10], None]
+    # truncation keeps the first sampled frames only
+    images, got_boxes, indices = load_clip_frames(clip, 4, keep_first=2)
+    assert indices == [0, 5] and len(images) == 2 and len(got_boxes) == 2
+
+
+def test_boxes_annotated_on_another_frame_size_are_rescaled(tmp_path):
+    path = tmp_path / "f.png"
+    Image.new("RGB", (40, 30)).save(path)  # file is half the annotated 80x60 frame
+    clip = Clip("c", "room", frame_paths=[path], boxes=[(8.0, 6.0, 40.0, 30.0)], frame_sizes=[(60, 80)])
+    _, boxes, _ = load_clip_frames(clip, 10)
+    assert boxes == [(4.0, 3.0, 20.0, 15.0)]
+
+
+def test_video_clip_takes_boxes_from_the_tracklet_by_frame_index(tmp_path):
+    path = write_gray_video(tmp_path / "v.mp4", [50] * 12)
+    clip = Clip("v", "room", video_path=path, video_boxes={0: (1, 1, 9, 9), 6: (2, 2, 8, 8), 7: (0, 0, 5, 5)})
+    images, boxes, indices = load_clip_frames(clip, 4)
+    assert indices == [0, 3, 6, 9]
+    assert boxes == [(1, 1, 9, 9), None, (2, 2, 8, 8), None]
+    assert all(im.mode == "RGB" and im.size == (64, 48) for im in images)
+
+
+def test_clip_with_unreadable_frame_names_the_frame(tmp_path):
+    good = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(good)
+    bad = tmp_path / "b.png"
+    bad.write_bytes(b"\x89PNG broken")
+    clip = Clip("c", "room", frame_paths=[good, bad])
+    with pytest.raises(MediaError, match="b.png"):
+        load_clip_frames(clip, 10)
+
+
+def test_clip_without_media_is_an_error():
+    with pytest.raises(MediaError, match="neither frame files nor a video"):
+        load_clip_frames(Clip("empty", "room"), 10)
