@@ -177,7 +177,7 @@ class MediaIndex:
     def __init__(self, paths: dict[str, Path], root: Optional[Path] = None):
         self.root = root
         self._paths = paths
-        self._frames: Optional[dict[str, list[tuple[int, Path]]]] = None
+        self._frames: Optional[dict[str, list[tuple[int, str, Path]]]] = None
 
     @classmethod
     def build(
@@ -231,14 +231,21 @@ class MediaIndex:
 
     def frames_of(self, clip_id: str) -> list[Path]:
         """Frame files ``<clip_id>-NNNN`` of a clip, in frame-index order (empty if none)."""
+        return [path for _, path in self.frame_entries(clip_id)]
+
+    def frame_entries(self, clip_id: str) -> list[tuple[str, Path]]:
+        """``(frame_id, path)`` of the frames ``<clip_id>-NNNN`` of a clip, in frame-index order.
+
+        The frame id matters because a shard file's own name (``000000001.jpg``) is not it.
+        """
         if self._frames is None:
-            frames: dict[str, list[tuple[int, Path]]] = defaultdict(list)
+            frames: dict[str, list[tuple[int, str, Path]]] = defaultdict(list)
             for media_id, path in self._paths.items():
                 match = _FRAME_ID.match(media_id)
                 if match:
-                    frames[match["clip"]].append((int(match["index"]), path))
+                    frames[match["clip"]].append((int(match["index"]), media_id, path))
             self._frames = dict(frames)
-        return [path for _, path in sorted(self._frames.get(clip_id, []))]
+        return [(media_id, path) for _, media_id, path in sorted(self._frames.get(clip_id, []))]
 
 
 def _id_from_sidecar(sidecar: Path) -> str:
