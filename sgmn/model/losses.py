@@ -1,0 +1,219 @@
+"""Batch-wide training losses of SGMN: distance-weighted triplet, symmetric InfoNCE, relation KL.
+
+All functions are pure tensor functions over the GLOBAL batch (the caller all-gathers with
+gradients first). None of them draws random numbers, so a run is reproducible and a DDP step
+equals a single-process step on the concatenated batch.
+
+Where this module departs from the published SGMN code (see ``docs`` / spec ``method.md``):
+
+* triplet positives are decided by label equality, not by batch index, so two clips of the same
+  product are both positives and never each other's negatives;
+* triplet terms are averaged over anchors (the published code sums, so its scale grows with the
+  batch size);
+* the distance-weighted negative is replaced by its expectation under the sampling distribution
+  (deterministic, lower variance, same expected gradient as sampling one negative);
+* the text InfoNCE is computed in both directions (the published code computes one twice).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+# Squared distances are clamped away from 0 before the square root so that identical embeddings
+# give a finite (zero) gradient instead of inf * 0 = NaN.
+_MIN_SQUARED_DISTANCE = 1e-12
+
+
+def _zero_like_graph(*tensors: torch.Tensor) -> torch.Tensor:
+    """A scalar 0 that stays attached to the inputs' graph (so ``.backward()`` still works)."""
+    return sum(t.sum() * 0.0 for t in tensors)
+
+
+def pairwise_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance between L2-normalised rows: d = sqrt(2 - 2 x.y), shape (len(x), len(y))."""
+    x = F.normalize(x, dim=-1)
+    y = F.normalize(y, dim=-1)
+    squared = (2.0 - 2.0 * x @ y.t()).clamp(min=_MIN_SQUARED_DISTANCE)
+    return squared.sqrt()
+
+
+def negative_sampling_weights(
+    distance: torch.Tensor,
+    negative: torch.Tensor,
+    dim: int,
+    cutoff: float = 0.5,
+    nonzero_cutoff: float = 1.7,
+) -> torch.Tensor:
+    """Row-normalised "Sampling Matters" weights ∝ 1/q(d) over each row's negatives.
+
+    q(d) ∝ d^(n-2) (1 - d²/4)^((n-3)/2) is the density of pairwise distances of points uniform on
+    the unit sphere in n dimensions; weighting by 1/q(d) samples negatives uniformly by distance
+    instead of by their (concentrated) natural frequency. ``d`` is clamped at ``cutoff`` so that
+    very close negatives do not get unbounded weight, and negatives at ``d >= nonzero_cutoff`` get
+    weight 0 (they would contribute no gradient anyway). Weights are computed in log space and
+    stabilised by subtracting each row's maximum. A row without any valid negative is all zeros.
+    The weights are a sampling distribution, so they carry no gradient.
+
+    distance: (A, C) distances; negative: (A, C) bool, True where the candidate is a negative of
+    the anchor; dim: the embedding dimension n.
+    """
+    d = distance.detach().clamp(min=cutoff)
+    # 1 - d²/4 reaches 0 only at antipodal points (d = 2), which are beyond nonzero_cutoff anyway.
+    log_q = (dim - 2.0) * d.log() + ((dim - 3.0) / 2.0) * (1.0 - 0.25 * d * d).clamp(min=1e-8).log()
+    log_weight = -log_q  # = (2 - n) log d - ((n - 3) / 2) log(1 - d²/4), as in Wu et al.'s code
+    valid = negative & (distance.detach() < nonzero_cutoff)
+    log_weight = log_weight.masked_fill(~valid, float("-inf"))
+    row_max = log_weight.max(dim=1, keepdim=True).values
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    weight = (log_weight - row_max).exp()  # exp(-inf) = 0 for invalid entries
+    total = weight.sum(dim=1, keepdim=True)
+    return torch.where(total > 0, weight / total.clamp(min=1e-30), torch.zeros_like(weight))
+
+
+def distance_weighted_triplet(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    anchor_labels: torch.Tensor,
+    candidate_labels: torch.Tensor,
+    margin: float = 0.2,
+    cutoff: float = 0.5,
+    nonzero_cutoff: float = 1.7,
+) -> torch.Tensor:
+    """One-directional triplet loss with distance-weighted negatives (Wu et al. 2017).
+
+    anchors (A, d) and candidates (C, d) are L2-normalised here. For anchor i, its positives are
+    the candidates with the same label and its negatives those with a different label. The loss of
+    anchor i is the mean over its positives j of
+
+        E_{k ~ w_i}[ relu(d(i, j) - d(i, k) + margin) ]
+
+    where w_i is the distance-weighted sampling distribution over i's negatives
+    (:func:`negative_sampling_weights`). Using the expectation instead of drawing one negative keeps
+    the loss deterministic (reproducible runs, DDP equal to single-process). The result is the
+    AVERAGE over all A anchors (the published code sums over anchors); an anchor without a
+    positive or without a valid negative contributes 0, so the result is never NaN.
+    """
+    if anchors.ndim != 2 or candidates.ndim != 2:
+        raise ValueError(f"expected (A,d) and (C,d) embeddings, got {tuple(anchors.shape)} and {tuple(candidates.shape)}")
+    if anchor_labels.shape != anchors.shape[:1] or candidate_labels.shape != candidates.shape[:1]:
+        raise ValueError("labels must have one entry per embedding row")
+    distance = pairwise_distance(anchors, candidates)  # (A, C)
+    same = anchor_labels[:, None] == candidate_labels[None, :]
+    weight = negative_sampling_weights(distance, ~same, anchors.shape[1], cutoff, nonzero_cutoff)
+
+    anchor_idx, positive_idx = same.nonzero(as_tuple=True)
+    if anchor_idx.numel() == 0:
+        return _zero_like_graph(anchors, candidates)
+    positive_distance = distance[anchor_idx, positive_idx]  # (P,)
+    hinge = F.relu(positive_distance[:, None] - distance[anchor_idx] + margin)  # (P, C)
+    per_pair = (hinge * weight[anchor_idx]).sum(dim=1)  # expectation over negatives
+    positives_per_anchor = same.sum(dim=1).to(per_pair.dtype)  # >= 1 for every anchor in anchor_idx
+    per_anchor = torch.zeros(anchors.shape[0], dtype=per_pair.dtype, device=per_pair.device)
+    per_anchor = per_anchor.index_add(0, anchor_idx, per_pair / positives_per_anchor[anchor_idx])
+    return per_anchor.mean()
+
+
+def bidirectional_triplet(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    labels: torch.Tensor,
+    y_labels: Optional[torch.Tensor] = None,
+    margin: float = 0.2,
+    cutoff: float = 0.5,
+    nonzero_cutoff: float = 1.7,
+) -> torch.Tensor:
+    """Trip(x, y) = triplet(x anchors -> y candidates) + triplet(y anchors -> x candidates).
+
+    ``labels`` label the rows of x; ``y_labels`` those of y (default: the same labels, for paired
+    batches where row i of x and y belong together).
+    """
+    y_labels = labels if y_labels is None else y_labels
+    kw = dict(margin=margin, cutoff=cutoff, nonzero_cutoff=nonzero_cutoff)
+    return distance_weighted_triplet(x, y, labels, y_labels, **kw) + distance_weighted_triplet(
+        y, x, y_labels, labels, **kw
+    )
+
+
+def symmetric_infonce(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    labels: Optional[torch.Tensor] = None,
+    scale: float = 100.0,
+    a_mask: Optional[torch.Tensor] = None,
+    b_mask: Optional[torch.Tensor] = None,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Symmetric InfoNCE between paired rows of a (G,d) and b (G,d): mean of a->b and b->a.
+
+    logits = scale * a.b^T (rows L2-normalised first when ``normalize``). Without labels row i's
+    only positive is column i; with labels every same-label column is a positive and the target
+    probability is spread uniformly over them. Pairs whose ``a`` or ``b`` is missing (``a_mask`` /
+    ``b_mask`` False) are removed entirely (neither anchor nor negative): a missing text is a
+    normal case, not a zero vector to normalise. With no complete pair the loss is an exact 0 that
+    is still attached to the inputs' graph.
+    """
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"expected two (G,d) tensors of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    keep = torch.ones(a.shape[0], dtype=torch.bool, device=a.device)
+    if a_mask is not None:
+        keep = keep & a_mask.to(torch.bool)
+    if b_mask is not None:
+        keep = keep & b_mask.to(torch.bool)
+    if not bool(keep.any()):
+        return _zero_like_graph(a, b)
+    a_kept, b_kept = a[keep], b[keep]
+    if normalize:
+        a_kept, b_kept = F.normalize(a_kept, dim=-1), F.normalize(b_kept, dim=-1)
+    logits = scale * a_kept @ b_kept.t()
+    if labels is None:
+        target = torch.eye(logits.shape[0], dtype=logits.dtype, device=logits.device)
+    else:
+        kept_labels = labels[keep]
+        positive = (kept_labels[:, None] == kept_labels[None, :]).to(logits.dtype)
+        target = positive / positive.sum(dim=1, keepdim=True)
+    # The positive relation is symmetric, so the b->a target is the transpose of the a->b target.
+    a_to_b = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    b_to_a = -(target.t() * F.log_softmax(logits.t(), dim=1)).sum(dim=1).mean()
+    return 0.5 * (a_to_b + b_to_a)
+
+
+def _row_kl(target_logits: torch.Tensor, predicted_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of KL(softmax(target) || softmax(predicted))."""
+    return F.kl_div(
+        F.log_softmax(predicted_logits, dim=1),
+        F.log_softmax(target_logits, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+
+
+def relation_kl(
+    relevance: torch.Tensor,
+    target_distance: torch.Tensor,
+    relevance_columns: Optional[torch.Tensor] = None,
+    relevance_is_logits: bool = True,
+) -> torch.Tensor:
+    """L_reg: KL between the learned clip-product relevance and the detached exp(-distance).
+
+    relevance: (G_clips, G_products) learned relevance, logits (default) or positive
+    probabilities/affinities (``relevance_is_logits=False``); target_distance: (G_clips,
+    G_products), typically ``torch.cdist(v, p)``; it is DETACHED here, the target only teaches the
+    relevance. Both directions are summed:
+
+    * row-wise: for each clip, KL(normalise_row(exp(-D)) || normalise_row(relevance));
+    * column-wise: for each product, the same over clips. ``relevance_columns`` (same orientation,
+      clips x products) is used for this direction when the product->clip relevance is a separate
+      estimate; by default it is ``relevance``.
+
+    Normalising exp(-D) over a row is exactly a softmax of -D, so everything runs in log space.
+    """
+    if relevance.shape != target_distance.shape:
+        raise ValueError(f"relevance {tuple(relevance.shape)} and target {tuple(target_distance.shape)} differ in shape")
+    columns = relevance if relevance_columns is None else relevance_columns
+    if not relevance_is_logits:
+        relevance, columns = relevance.clamp(min=1e-12).log(), columns.clamp(min=1e-12).log()
+    target_logits = -target_distance.detach()
+    return _row_kl(target_logits, relevance) + _row_kl(target_logits.t(), columns.t())
