@@ -88,6 +88,10 @@ class SGMNConfig:
     temporal_heads: int = 8
     temporal_ln_eps: float = 1e-12
     max_position: int = 77
+    # True: the published code's masking of difference tokens (d_i counted real when frame i is,
+    # even if frame i+1 is padding); needed to reproduce imported published checkpoints exactly.
+    # False: d_i is real only when both of its frames are (padding never affects real frames).
+    temporal_published_mask: bool = False
 
     # Scores
     text_weight: float = 0.5  # lambda in S = v.p + lambda * a.t
