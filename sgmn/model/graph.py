@@ -1,0 +1,269 @@
+"""Graph-based cross-domain interaction (GCI), training only.
+
+The G clips and G products of the global batch become the 2G nodes of one graph:
+
+* intra-domain edges join each node to its top ``gci_topk_ratio`` most similar nodes OF ITS OWN
+  DOMAIN (clip-clip, product-product), weighted exp(-||x - y|| / sigma). The published code picks
+  these neighbours with the cross-domain (clip-product) similarities; ``gci_intra_cross_domain_bug``
+  reproduces that for comparison;
+* inter-domain edges (every clip-product pair) carry a relevance learned from FRAME-LEVEL matching
+  (:func:`frame_level_matching`) by a small MLP per direction;
+* one graph-transformer layer attends over the nodes with the edge values as an additive attention
+  bias and -inf where there is no edge, so a non-edge gets attention weight exactly 0. Self-loops
+  are always edges, so no row is all -inf.
+
+The refined, re-normalised embeddings ṽ, p̃ feed L_gnn; the relevance is regularised towards the
+detached exp(-cdist(v, p)) by L_reg (:func:`sgmn.model.losses.relation_kl`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import SGMNConfig
+from .losses import bidirectional_triplet, relation_kl
+
+Direction = Literal["clip", "product"]
+
+
+def _l2_normalise_over(x: torch.Tensor, dim: int, eps: float = 1e-8) -> torch.Tensor:
+    return x / x.norm(dim=dim, keepdim=True).clamp(min=eps)
+
+
+def _topk_with_mean(values: torch.Tensor, keep: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k of the kept entries along the last axis, zero-padded to k, followed by their mean.
+
+    values, keep: (..., L). Entries with keep False are never selected; when fewer than k entries
+    are kept the missing slots are 0 and the mean covers the real values only (0 if none).
+    """
+    k_available = min(k, values.shape[-1])
+    top, _ = values.masked_fill(~keep, float("-inf")).topk(k_available, dim=-1)
+    real = torch.isfinite(top)
+    top = top.masked_fill(~real, 0.0)
+    count = real.sum(dim=-1, keepdim=True)
+    mean = top.sum(dim=-1, keepdim=True) / count.clamp(min=1).to(top.dtype)
+    if k_available < k:
+        top = F.pad(top, (0, k - k_available))
+    return torch.cat([top, mean], dim=-1)
+
+
+def frame_level_matching(
+    frame_tokens: torch.Tensor,
+    frame_mask: Optional[torch.Tensor],
+    product_tokens: torch.Tensor,
+    topk: int,
+    direction: Direction = "clip",
+    product_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """SCAN-style frame-level match profile of every clip against every product: (G, G', K+1).
+
+    frame_tokens (G, T, d) frame features; frame_mask (G, T) True = real frame; product_tokens
+    (G', N, d) ALL of a product's tokens (CLS and patches: the published code used the CLS copied
+    T times, which makes the product side constant); product_mask (G', N) optional.
+
+    For each clip-product pair the T x N cosine similarities are passed through LeakyReLU(0.1)
+    and L2-normalised across the query axis (as SCAN does), then:
+
+    * ``direction="clip"``: queries are the frames; for each real frame the max over the
+      product's tokens, then the top-K frames;
+    * ``direction="product"``: queries are the product's tokens; for each token the max over the
+      clip's real frames, then the top-K tokens.
+
+    The profile is the top-K values (zero-padded when fewer than K are real) plus their mean.
+    Padded frames are zeroed before anything else, so their content cannot change the result.
+    Everything is an einsum over d: (G, G', T, N) is materialised, never (G, G', T, N, d).
+    """
+    G, T, _ = frame_tokens.shape
+    Gp, N, _ = product_tokens.shape
+    if frame_mask is None:
+        frame_mask = torch.ones(G, T, dtype=torch.bool, device=frame_tokens.device)
+    if product_mask is None:
+        product_mask = torch.ones(Gp, N, dtype=torch.bool, device=product_tokens.device)
+    frame_mask, product_mask = frame_mask.bool(), product_mask.bool()
+    # where() rather than a product with the mask: padding may hold anything, even NaN.
+    frames = F.normalize(torch.where(frame_mask[..., None], frame_tokens, 0.0), dim=-1)
+    products = F.normalize(torch.where(product_mask[..., None], product_tokens, 0.0), dim=-1)
+    sim = F.leaky_relu(torch.einsum("gtd,hnd->ghtn", frames, products), negative_slope=0.1)
+    keep = frame_mask[:, None, :, None] & product_mask[None, :, None, :]  # (G, 1|G', T, N)
+    sim = sim * keep
+    if direction == "clip":
+        sim = _l2_normalise_over(sim, dim=2)  # across frames (the queries)
+        per_frame = sim.masked_fill(~keep, float("-inf")).amax(dim=3)  # (G, G', T)
+        per_frame = per_frame.masked_fill(~frame_mask[:, None, :], 0.0)
+        return _topk_with_mean(per_frame, frame_mask[:, None, :].expand_as(per_frame), topk)
+    if direction == "product":
+        sim = _l2_normalise_over(sim, dim=3)  # across product tokens (the queries)
+        per_token = sim.masked_fill(~keep, float("-inf")).amax(dim=2)  # (G, G', N)
+        token_keep = (product_mask[None, :, :] & frame_mask.any(dim=1)[:, None, None]).expand_as(per_token)
+        per_token = per_token.masked_fill(~token_keep, 0.0)
+        return _topk_with_mean(per_token, token_keep, topk)
+    raise ValueError(f"direction must be 'clip' or 'product', got {direction!r}")
+
+
+def intra_domain_edges(
+    x: torch.Tensor, ratio: float, sigma: float, reference: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Edges among the G nodes of one domain: (edges bool (G, G), weights (G, G)).
+
+    Row i is joined to its ``max(1, int(ratio * G))`` nearest nodes (itself included, being at
+    distance 0) plus a self-loop; the weight is exp(-||x_i - y_j|| / sigma). ``reference`` replaces
+    the distances used for both choices with ones to another set of nodes (the published code's
+    cross-domain similarities); edges still join nodes of this domain. The structure is a prior
+    from the current embeddings, so it is detached.
+    """
+    G = x.shape[0]
+    distance = torch.cdist(x.detach(), (x if reference is None else reference).detach())
+    k = max(1, min(G, int(ratio * G)))
+    nearest = distance.topk(k, dim=1, largest=False).indices
+    edges = torch.zeros(G, G, dtype=torch.bool, device=x.device)
+    edges.scatter_(1, nearest, True)
+    edges |= torch.eye(G, dtype=torch.bool, device=x.device)
+    return edges, torch.exp(-distance / sigma)
+
+
+class GraphTransformerLayer(nn.Module):
+    """Post-LN transformer layer (as nn.TransformerEncoderLayer, same parameter names) that also
+    returns its per-head attention weights."""
+
+    def __init__(self, dim: int, heads: int, feedforward: int, dropout: float = 0.0):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.linear1 = nn.Linear(dim, feedforward)
+        self.linear2 = nn.Linear(feedforward, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (1, L, d); bias (L, L) additive float mask (-inf = no edge). Returns x and (heads, L, L)."""
+        h, weights = self.self_attn(x, x, x, attn_mask=bias, need_weights=True, average_attn_weights=False)
+        x = self.norm1(x + self.dropout(h))
+        x = self.norm2(x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x))))))
+        return x, weights[0]
+
+
+@dataclass
+class GraphOutput:
+    v: torch.Tensor  # (G, d) input clip embeddings
+    p: torch.Tensor  # (G, d) input product embeddings
+    v_tilde: torch.Tensor  # (G, d) refined, L2-normalised
+    p_tilde: torch.Tensor  # (G, d)
+    relevance: torch.Tensor  # (G, G) clip -> product relevance logits (row = clip)
+    relevance_reverse: torch.Tensor  # (G, G) product -> clip relevance, same clip x product orientation
+    edges: torch.Tensor  # (2G, 2G) bool adjacency over [clips; products], row = attending node
+    attention: torch.Tensor  # (heads, 2G, 2G) attention weights of the last graph layer
+
+
+def _relevance_mlp(in_features: int, dropout: float) -> nn.Sequential:
+    # Linear / act / dropout / Linear: indices 0 and 3 match the published mlp_t2i / mlp_i2t.
+    return nn.Sequential(
+        nn.Linear(in_features, in_features), nn.ReLU(), nn.Dropout(dropout), nn.Linear(in_features, 1)
+    )
+
+
+class CrossDomainGraph(nn.Module):
+    """GCI over the global batch; see the module docstring. Uses the ``gci_*`` / ``triplet_*``
+    fields of :class:`SGMNConfig`."""
+
+    def __init__(self, config: SGMNConfig):
+        super().__init__()
+        self.config = config
+        d, k = config.embed_dim, config.gci_frame_topk
+        if d % config.gci_heads != 0:
+            raise ValueError(f"embed_dim {d} is not divisible by gci_heads {config.gci_heads}")
+        self.relevance_clip_to_product = _relevance_mlp(k + 1, config.dropout)
+        self.relevance_product_to_clip = _relevance_mlp(k + 1, config.dropout)
+        self.layers = nn.ModuleList(
+            GraphTransformerLayer(d, config.gci_heads, feedforward=d, dropout=config.dropout)
+            for _ in range(config.gci_layers)
+        )
+
+    def relevances(
+        self,
+        frame_tokens: torch.Tensor,
+        frame_mask: Optional[torch.Tensor],
+        product_tokens: torch.Tensor,
+        product_mask: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(clip -> product, product -> clip) relevance logits, both (G_clips, G_products)."""
+        k = self.config.gci_frame_topk
+        clip_profile = frame_level_matching(frame_tokens, frame_mask, product_tokens, k, "clip", product_mask)
+        product_profile = frame_level_matching(frame_tokens, frame_mask, product_tokens, k, "product", product_mask)
+        return (
+            self.relevance_clip_to_product(clip_profile).squeeze(-1),
+            self.relevance_product_to_clip(product_profile).squeeze(-1),
+        )
+
+    def adjacency(
+        self, v: torch.Tensor, p: torch.Tensor, relevance: torch.Tensor, relevance_reverse: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(edges bool (2G, 2G), additive attention bias (2G, 2G)) over the nodes [clips; products]."""
+        cfg = self.config
+        bug = cfg.gci_intra_cross_domain_bug
+        clip_edges, clip_w = intra_domain_edges(v, cfg.gci_topk_ratio, cfg.gci_sigma, p if bug else None)
+        prod_edges, prod_w = intra_domain_edges(p, cfg.gci_topk_ratio, cfg.gci_sigma, v if bug else None)
+        inter = torch.ones_like(relevance, dtype=torch.bool)
+        edges = torch.cat(
+            [torch.cat([clip_edges, inter], dim=1), torch.cat([inter.t(), prod_edges], dim=1)], dim=0
+        )
+        weights = torch.cat(
+            [torch.cat([clip_w, relevance], dim=1), torch.cat([relevance_reverse.t(), prod_w], dim=1)], dim=0
+        )
+        return edges, weights.masked_fill(~edges, float("-inf"))
+
+    def forward(
+        self,
+        v: torch.Tensor,
+        p: torch.Tensor,
+        frame_tokens: torch.Tensor,
+        frame_mask: Optional[torch.Tensor],
+        product_tokens: torch.Tensor,
+        product_mask: Optional[torch.Tensor] = None,
+    ) -> GraphOutput:
+        """v, p (G, d) L2-normalised clip / product embeddings of the global batch (row i of v and
+        p are a training pair); frame_tokens (G, T, d), frame_mask (G, T); product_tokens (G, N, d)."""
+        if v.shape != p.shape or v.ndim != 2:
+            raise ValueError(f"v and p must both be (G, d), got {tuple(v.shape)} and {tuple(p.shape)}")
+        relevance, relevance_reverse = self.relevances(frame_tokens, frame_mask, product_tokens, product_mask)
+        edges, bias = self.adjacency(v, p, relevance, relevance_reverse)
+        x = torch.cat([v, p], dim=0)[None]
+        attention = None
+        for layer in self.layers:
+            x, attention = layer(x, bias.to(x.dtype))
+        x = F.normalize(x[0], dim=-1)
+        G = v.shape[0]
+        return GraphOutput(
+            v=v,
+            p=p,
+            v_tilde=x[:G],
+            p_tilde=x[G:],
+            relevance=relevance,
+            relevance_reverse=relevance_reverse,
+            edges=edges,
+            attention=attention,
+        )
+
+    def losses(self, out: GraphOutput, labels: torch.Tensor, include_base: bool = False) -> dict[str, torch.Tensor]:
+        """{"gnn": Trip(v,p~) + Trip(v~,p) + Trip(v~,p~), "reg": relation KL} (+ "base": Trip(v,p)).
+
+        ``labels`` (G,) product labels of the pairs; Trip is :func:`bidirectional_triplet` with the
+        config's margin and cutoffs; the KL target is the detached exp(-cdist(v, p)).
+        """
+        cfg = self.config
+        kw = dict(margin=cfg.triplet_margin, cutoff=cfg.triplet_cutoff, nonzero_cutoff=cfg.triplet_nonzero_cutoff)
+        terms = {
+            "gnn": bidirectional_triplet(out.v, out.p_tilde, labels, **kw)
+            + bidirectional_triplet(out.v_tilde, out.p, labels, **kw)
+            + bidirectional_triplet(out.v_tilde, out.p_tilde, labels, **kw),
+            "reg": relation_kl(
+                out.relevance, torch.cdist(out.v.detach(), out.p.detach()), relevance_columns=out.relevance_reverse
+            ),
+        }
+        if include_base:
+            terms["base"] = bidirectional_triplet(out.v, out.p, labels, **kw)
+        return terms

@@ -1,0 +1,129 @@
+import torch
+import torch.nn.functional as F
+
+from sgmn.model.config import SGMNConfig
+from sgmn.model.graph import CrossDomainGraph, frame_level_matching
+
+G, T, N, D, K = 6, 4, 5, 16, 3
+
+
+def _config(**overrides):
+    return SGMNConfig(embed_dim=D, gci_heads=4, gci_frame_topk=K, **overrides)
+
+
+def _inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randn(G, T, D, generator=g)
+    frame_mask = torch.ones(G, T, dtype=torch.bool)
+    frame_mask[1, 2:] = False  # clip 1 has 2 real frames
+    frame_mask[4, 1:] = False  # clip 4 has 1
+    products = torch.randn(G, N, D, generator=g)
+    v = F.normalize(frames.mean(1), dim=-1)
+    p = F.normalize(products[:, 0], dim=-1)
+    return v, p, frames, frame_mask, products
+
+
+def _reference_profile(frames, mask, products, k, direction):
+    """Per-pair loop over the documented SCAN recipe."""
+    out = torch.zeros(frames.shape[0], products.shape[0], k + 1)
+    for i in range(frames.shape[0]):
+        f = F.normalize(frames[i][mask[i]], dim=-1)  # real frames only
+        for j in range(products.shape[0]):
+            s = F.leaky_relu(f @ F.normalize(products[j], dim=-1).t(), 0.1)  # (t, N)
+            if direction == "clip":
+                vals = (s / s.norm(dim=0, keepdim=True)).max(dim=1).values
+            else:
+                vals = (s / s.norm(dim=1, keepdim=True)).max(dim=0).values
+            top = vals.sort(descending=True).values[:k]
+            out[i, j, : len(top)] = top
+            out[i, j, k] = top.mean()
+    return out
+
+
+def test_frame_level_matching_follows_scan_recipe_and_ignores_padding():
+    _, _, frames, mask, products = _inputs()
+    for direction in ("clip", "product"):
+        profile = frame_level_matching(frames, mask, products, K, direction)
+        assert profile.shape == (G, G, K + 1)
+        assert torch.allclose(profile, _reference_profile(frames, mask, products, K, direction), atol=1e-5)
+        # padded frames' content changes nothing, not even when it is garbage
+        noisy = frames.clone()
+        noisy[~mask] = torch.randn(int((~mask).sum()), D) * 50
+        noisy[4, 3] = float("nan")
+        assert torch.equal(frame_level_matching(noisy, mask, products, K, direction), profile)
+    # clip 4 has a single real frame: one real value, the rest of the K slots are padding
+    clip_side = frame_level_matching(frames, mask, products, K, "clip")
+    assert (clip_side[4, :, 1:K] == 0).all() and torch.allclose(clip_side[4, :, K], clip_side[4, :, 0])
+
+
+def test_frame_level_matching_uses_real_product_tokens():
+    _, _, frames, mask, products = _inputs()
+    changed = products.clone()
+    changed[2, 3] = frames[0, 0] * 3.0  # a patch token (not the CLS) that matches clip 0's first frame
+    for direction in ("clip", "product"):
+        before = frame_level_matching(frames, mask, products, K, direction)
+        after = frame_level_matching(frames, mask, changed, K, direction)
+        assert not torch.allclose(before[0, 2], after[0, 2])
+        assert torch.equal(before[:, [0, 1, 3, 4, 5]], after[:, [0, 1, 3, 4, 5]])  # other products untouched
+
+
+def _topk_rows(distance, k):
+    return [set(row.topk(k, largest=False).indices.tolist()) for row in distance]
+
+
+def test_intra_edges_are_same_domain_top_half_and_bug_switch_uses_cross_domain():
+    torch.manual_seed(0)
+    v, p, frames, mask, products = _inputs()
+    out = CrossDomainGraph(_config())(v, p, frames, mask, products)
+    clip_block, prod_block = out.edges[:G, :G], out.edges[G:, G:]
+    k = G // 2
+    assert (clip_block.sum(1) == k).all() and (prod_block.sum(1) == k).all()  # exactly top-50%, self included
+    assert [set(r.nonzero().flatten().tolist()) for r in clip_block] == _topk_rows(torch.cdist(v, v), k)
+    assert [set(r.nonzero().flatten().tolist()) for r in prod_block] == _topk_rows(torch.cdist(p, p), k)
+    assert out.edges[:G, G:].all() and out.edges[G:, :G].all()  # every clip-product pair has a relevance edge
+
+    torch.manual_seed(0)
+    buggy = CrossDomainGraph(_config(gci_intra_cross_domain_bug=True))(v, p, frames, mask, products)
+    expected = [rows | {i} for i, rows in enumerate(_topk_rows(torch.cdist(v, p), k))]
+    assert [set(r.nonzero().flatten().tolist()) for r in buggy.edges[:G, :G]] == expected
+    assert not torch.equal(buggy.edges[:G, :G], clip_block)
+
+
+def test_no_edge_means_exactly_zero_attention():
+    torch.manual_seed(0)
+    v, p, frames, mask, products = _inputs()
+    out = CrossDomainGraph(_config())(v, p, frames, mask, products)
+    assert out.attention.shape == (4, 2 * G, 2 * G)
+    assert (out.attention[:, ~out.edges] == 0).all()
+    assert (out.attention[:, out.edges] > 0).all()
+    assert torch.allclose(out.attention.sum(-1), torch.ones(4, 2 * G), atol=1e-5)
+    # ṽ, p̃ are re-normalised
+    assert torch.allclose(out.v_tilde.norm(dim=-1), torch.ones(G)) and torch.allclose(out.p_tilde.norm(dim=-1), torch.ones(G))
+
+
+def test_gradients_reach_every_parameter_and_losses_are_finite():
+    torch.manual_seed(0)
+    v, p, frames, mask, products = _inputs()
+    frames.requires_grad_(True)
+    graph = CrossDomainGraph(_config())
+    out = graph(v, p, frames, mask, products)
+    labels = torch.tensor([0, 1, 2, 3, 0, 4])  # clips 0 and 4 show the same product
+    terms = graph.losses(out, labels, include_base=True)
+    assert set(terms) == {"gnn", "reg", "base"}
+    assert all(torch.isfinite(t) and t.item() > 0 for t in terms.values())
+    sum(terms.values()).backward()
+    for name, param in graph.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert frames.grad[mask].abs().sum() > 0 and (frames.grad[~mask] == 0).all()
+
+
+def test_deterministic_under_seed():
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        graph = CrossDomainGraph(_config())
+        v, p, frames, mask, products = _inputs(seed=5)
+        out = graph(v, p, frames, mask, products)
+        outs.append((out.v_tilde, out.relevance, graph.losses(out, torch.arange(G))["gnn"]))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
