@@ -205,7 +205,14 @@ def test_text_vectors_and_masks_missing_text_is_zero_and_false(data, text):
     assert torch.isfinite(batch["asr_vec"]).all() and torch.isfinite(batch["title_vec"]).all()
 
 
+def test_text_without_vectors_and_no_text_source_is_refused_not_dropped(data):
+    with pytest.raises(ValueError, match="have text but no precomputed vector"):
+        make_pairs(data, None)
+
+
 def test_precomputed_record_vectors_are_used_without_a_text_encoder(data):
+    for product in data.products.values():
+        product.title = None
     data.clips["c-long"].asr_vector = np.array([1.0, 0.0], np.float32)
     data.products["p-b"].title_vector = np.array([0.0, 2.0], np.float32)
     pairs = make_pairs(data, None)

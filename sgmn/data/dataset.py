@@ -8,8 +8,9 @@
 
 Text comes as vectors from a ``TextVectors``-like object (``clip(clip_id)``, ``product(product_id)``
 -> ``(vector, has_text)``, ``dim``); without one, the vectors the data set itself carries
-(``Clip.asr_vector`` / ``Product.title_vector``, the published SGMN layout) are used. Missing text
-is a zero vector with mask False.
+(``Clip.asr_vector`` / ``Product.title_vector``, the published SGMN layout) are used, and text
+strings without a vector are refused rather than dropped. Missing text is a zero vector with mask
+False.
 
 Bad media: with ``on_error="raise"`` a sample that cannot be read raises
 :class:`~sgmn.errors.MediaError` naming the file; with ``on_error="skip"`` the sample comes back as a
@@ -56,6 +57,14 @@ class _RecordVectors:
     """Text vectors stored in the records themselves (or none at all)."""
 
     def __init__(self, clips: Sequence[Clip], products: Sequence[Product]):
+        # text without a vector would silently become "no text": refuse instead
+        unvectored = [c.clip_id for c in clips if c.asr and c.asr_vector is None]
+        unvectored += [p.product_id for p in products if p.title and p.title_vector is None]
+        if unvectored:
+            raise ValueError(
+                f"{len(unvectored)} clips/products (e.g. {unvectored[0]!r}) have text but no "
+                "precomputed vector: pass text=sgmn.text.TextVectors(...) to the dataset"
+            )
         self._clips = {c.clip_id: c.asr_vector for c in clips if c.asr_vector is not None}
         self._products = {p.product_id: p.title_vector for p in products if p.title_vector is not None}
         first = next(iter(self._clips.values()), None)
