@@ -269,3 +269,55 @@ def _add(paths: dict[str, Path], media_id: str, path: Path) -> None:
         paths[media_id] = path
     elif known != path and os.path.realpath(known) != os.path.realpath(path):
         raise DataError(f"id {media_id!r} names two different files: {known} and {path}", file=path)
+
+
+# ---------------------------------------------------------------- appended for the LPR750K / SGMN-code readers
+def load_json_object(path: PathLike) -> dict:
+    """A JSON file that must hold an object; DataError naming the file otherwise."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"invalid JSON ({exc.msg})", file=path, line=exc.lineno) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read JSON ({exc})", file=path) from None
+    if not isinstance(value, dict):
+        raise DataError(f"expected a JSON object, got {type(value).__name__}", file=path)
+    return value
+
+
+class PathResolver:
+    """Find a file named by a relative path that the source wrote against *some* base folder.
+
+    Annotation files of LPR750K and of the published SGMN code name media relative to the data
+    root, to one of several download folders (``training_video_00`` .. ``_07``), or with the
+    authors' absolute prefix. Each path is tried against every base in turn (the base that
+    answered last first, as rows of one folder come together), also from each component that
+    names a base folder; not found -> DataError.
+    """
+
+    def __init__(self, bases: list[Path]):
+        self.bases = [Path(b) for b in dict.fromkeys(bases) if Path(b).is_dir()]
+        self._names = {b.name for b in self.bases}
+        self._last = 0
+
+    def resolve(self, written: str, *, file: Optional[PathLike] = None, line: Optional[int] = None, key=None) -> Path:
+        if not isinstance(written, str) or not written.strip():
+            raise DataError(f"expected a file path, got {written!r}", file=file, line=line, key=key)
+        posix = PurePosixPath(written.strip().replace("\\", "/"))
+        if posix.is_absolute() and Path(posix).is_file():
+            return Path(posix)
+        parts = [p for p in posix.parts if p not in ("/", ".")]
+        tails = [parts] + [parts[i + 1:] for i, p in enumerate(parts) if p in self._names and i + 1 < len(parts)]
+        order = [self._last] + [i for i in range(len(self.bases)) if i != self._last]
+        for tail in tails:
+            for i in order:
+                if i >= len(self.bases):
+                    continue
+                candidate = self.bases[i].joinpath(*tail)
+                if candidate.is_file():
+                    self._last = i
+                    return candidate
+        names = ", ".join(str(b) for b in self.bases) or "(no base folder exists)"
+        raise DataError(f"file {written!r} not found under any of: {names}", file=file, line=line, key=key)
