@@ -1,7 +1,115 @@
-"""Command registration for this area (filled in by its owner)."""
+"""`sgmn train`: one process, or several under ``torchrun --nproc_per_node=N -m sgmn.cli train ...``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
+from sgmn.train.config import TrainConfig, parse_assignments
+
+FORMATS = ("lpr4m", "lpr750k", "sgmn", "movingfashion", "folders")
+
+
+def split_overrides(assignments: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``--set`` assignments into (train config fields, model config dotted names).
+
+    ``train.X`` and ``model.X`` say where a key goes; a bare key goes to the train config when it
+    is one of its fields, otherwise it is an error (no guessing).
+    """
+    train_fields = set(TrainConfig().to_dict())
+    train, model = {}, {}
+    for key, value in assignments.items():
+        if key.startswith("train."):
+            train[key[len("train.") :]] = value
+        elif key.startswith("model."):
+            model[key[len("model.") :]] = value
+        elif key in train_fields:
+            train[key] = value
+        else:
+            raise typer.BadParameter(f"--set {key}=...: prefix the key with 'train.' or 'model.'", param_hint="--set")
+    return train, model
+
+
+def _run_dir_of(checkpoint: Path) -> Path:
+    """RUN for RUN, RUN/last or RUN/epoch-NNN."""
+    if checkpoint.name == "last" or checkpoint.name.startswith("epoch-") or checkpoint.name == "best":
+        return checkpoint.parent
+    return checkpoint
+
+
+def _saved_train_config(checkpoint: Path) -> TrainConfig:
+    import torch
+
+    from sgmn.train.loop import TRAIN_STATE
+
+    state = torch.load(checkpoint / TRAIN_STATE, map_location="cpu", weights_only=False)
+    return TrainConfig.from_dict(state["train_config"], source=str(checkpoint / TRAIN_STATE))
+
+
+def train_command(
+    data: Path = typer.Option(..., "--data", help="Data set root folder."),
+    format: str = typer.Option("lpr4m", "--format", help=f"Data layout: {', '.join(FORMATS)}."),
+    model: Optional[str] = typer.Option(None, "--model", help="Registered model variant, e.g. sgmn-vitb32 or sgmn-tiny."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder to write (default with --resume: the resumed run)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Train config JSON file (TrainConfig fields)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Per-rank batch; global = this x ranks."),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | fp16"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="RUN (its last/) or RUN/epoch-NNN to continue."),
+    set_: list[str] = typer.Option([], "--set", help="key=value override: train.<field> or model.<dotted.field>."),
+) -> None:
+    """Train a model; writes RUN/{config.json, train_config.json, log.jsonl, epoch-NNN/, last/, best/}."""
+    from sgmn.train.loop import resolve_checkpoint, train
+
+    if format not in FORMATS:
+        raise typer.BadParameter(f"{format!r} is not one of {', '.join(FORMATS)}", param_hint="--format")
+    try:
+        train_set, model_set = split_overrides(parse_assignments(set_))
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--set")
+
+    checkpoint = resolve_checkpoint(resume) if resume is not None else None
+    if config is not None:
+        cfg = TrainConfig.from_json(config)
+    elif checkpoint is not None:
+        # Continue with the run's own settings; its max_steps was where it stopped, so drop it.
+        cfg = _saved_train_config(checkpoint).with_overrides({"max_steps": None})
+    else:
+        cfg = TrainConfig()
+    explicit = {
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "precision": precision,
+        "seed": seed,
+    }
+    cfg = cfg.with_overrides({**{k: v for k, v in explicit.items() if v is not None}, **train_set})
+
+    if checkpoint is None and model is None:
+        raise typer.BadParameter("give --model NAME (or --resume RUN)", param_hint="--model")
+    if checkpoint is not None and (model is not None or model_set):
+        typer.echo("[sgmn train] --resume: the model comes from the checkpoint; --model / --set model.* ignored", err=True)
+    if out is None:
+        if checkpoint is None:
+            raise typer.BadParameter("give --out RUN", param_hint="--out")
+        out = _run_dir_of(checkpoint)
+
+    result = train(data, format, model or "", out, train_config=cfg, model_overrides=model_set, resume=checkpoint)
+    from sgmn.train import distributed
+
+    if distributed.is_main_process():
+        best = f", best val R@1 {result.best_metric:.2f}" if result.best_metric is not None else ""
+        typer.echo(
+            f"[sgmn train] done: {result.epochs_completed} epochs, {result.step} steps"
+            f"{' (stopped by --max-steps)' if result.stopped_early else ''}{best}; run folder {result.out_dir}"
+        )
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("train")(train_command)

@@ -10,6 +10,8 @@ so the local slice receives ``world_size * dL/dx``, and DDP's gradient averaging
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
@@ -68,3 +70,36 @@ def all_gather_object(obj) -> list:
     out = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def local_rank() -> int:
+    """Index of this process on its machine (torchrun's LOCAL_RANK), 0 without a launcher."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def setup_distributed() -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1 in the environment).
+
+    Backend: nccl when CUDA is available, else gloo (CPU). Returns True when this process is
+    part of a multi-process group. Calling it twice, or without a launcher, is harmless.
+    """
+    if is_distributed():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+        dist.init_process_group(backend="nccl")
+    else:
+        dist.init_process_group(backend="gloo")
+    return True
+
+
+def cleanup_distributed() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

@@ -1,0 +1,635 @@
+"""The training loop: one process or torchrun DDP, AMP, accumulation, checkpoints, exact resume.
+
+Two layers:
+- :class:`Trainer` trains any ``nn.Module`` whose ``forward(batch)`` returns
+  ``{"loss": tensor, "losses": {term: tensor}}`` on any map-style dataset (``set_epoch(e)`` is
+  called when the dataset has it, so epoch-seeded augmentation is reproducible).
+- :func:`train` is what ``sgmn train`` runs: read the data, hold out validation rooms, encode
+  text once (cached), build ``TrainPairs``, create or resume the model and run a ``Trainer``
+  whose validation is ``sgmn.eval.protocol.evaluate`` (R@1 picks ``best/``).
+
+Run folder (rank 0 writes, see docs/architecture.md "Runs")::
+
+    RUN/config.json  train_config.json  log.jsonl
+    RUN/epoch-NNN/   config.json  model.safetensors  train_state.pt
+    RUN/last/        the latest checkpoint (also written when --max-steps stops mid-epoch)
+    RUN/best/        the epoch with the best validation R@1
+
+Exact resume. The data order comes from a ``DistributedSampler`` (also with one process) seeded
+by ``seed + epoch``; the dataset's augmentation is seeded by epoch; ``train_state.pt`` stores the
+optimiser, scheduler, scaler, epoch, step, the micro-batch position inside the epoch and the
+python / numpy / torch / cuda RNG states of *every* rank, taken after validation. A run stopped
+after epoch k (or mid-epoch by ``max_steps``) and resumed therefore ends with the same weights as
+an uninterrupted one (with ``num_workers=0``; worker processes are seeded from the torch RNG,
+so it holds with workers as well as long as the dataset itself is deterministic per epoch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from sgmn.errors import DataError, SGMNError
+from sgmn.train import distributed as dist_utils
+from sgmn.train.config import TrainConfig
+from sgmn.train.optim import build_optimizer, build_scheduler
+
+TRAIN_STATE = "train_state.pt"
+Validator = Callable[[nn.Module, int], dict]  # (unwrapped model, epoch) -> metrics with "R@1"
+
+
+class NonFiniteLossError(SGMNError):
+    """The loss became NaN or infinite; names the step and the terms that were not finite."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    epochs_completed: int  # full epochs done (including those of a resumed run)
+    step: int  # optimiser steps done
+    stopped_early: bool  # max_steps reached before the last epoch ended
+    best_metric: Optional[float] = None  # best validation R@1
+    last_losses: dict[str, float] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)  # one row per epoch: losses + validation
+
+
+# ---- small helpers -------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist_utils.local_rank())
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    # last/ and best/ share files with an epoch folder when the file system allows it.
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    # Removing first matters: writing into a hard-linked file would change the epoch folder too.
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, copy_function=_link_or_copy)
+
+
+class _ResumableSampler(DistributedSampler):
+    """A DistributedSampler that can skip the first ``skip`` indices of this rank once (mid-epoch resume)."""
+
+    skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self.skip :])
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ---- the trainer ---------------------------------------------------------------------------
+
+
+class Trainer:
+    """Trains ``model`` on ``dataset``; only rank 0 writes to ``out_dir``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        config: TrainConfig,
+        out_dir: Union[str, Path],
+        collate_fn: Optional[Callable] = None,
+        validate: Optional[Validator] = None,
+    ):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.dataset = dataset
+        self.validate = validate
+        self.rank = dist_utils.rank()
+        self.world = dist_utils.world_size()
+        self.is_main = self.rank == 0
+        self.device = resolve_device(config.device)
+        if config.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("train config field 'precision': fp16 needs CUDA (GradScaler); use bf16 or fp32 on CPU")
+
+        self.sampler = _ResumableSampler(
+            dataset, num_replicas=self.world, rank=self.rank, shuffle=True, seed=config.seed, drop_last=False
+        )
+        # drop_last: every rank must hold the same batch size for the batch-wide all-gathers.
+        self.loader = DataLoader(
+            dataset,
+            batch_size=config.batch_size,
+            sampler=self.sampler,
+            num_workers=config.num_workers,
+            collate_fn=collate_fn,
+            drop_last=True,
+            # Its own generator (re-seeded per epoch): creating the iterator draws the workers'
+            # base seed, which must not shift the global RNG a mid-epoch resume restores.
+            generator=torch.Generator(),
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        self.micro_per_epoch = len(self.loader)
+        if self.micro_per_epoch < config.grad_accum:
+            raise ValueError(
+                f"training set too small: {len(dataset)} pairs give {self.micro_per_epoch} batches of "
+                f"{config.batch_size} per rank x {self.world} ranks, fewer than grad_accum={config.grad_accum}"
+            )
+        self.steps_per_epoch = self.micro_per_epoch // config.grad_accum
+        self.total_steps = self.steps_per_epoch * config.epochs
+
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(self.model, config)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, config.warmup_ratio)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
+        self.ddp = None
+        if self.world > 1:
+            self.ddp = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=config.find_unused_parameters,
+            )
+
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimiser steps completed
+        self.micro_in_epoch = 0  # micro-batches of the current epoch already done (mid-epoch resume)
+        self.best_metric: Optional[float] = None
+        self.history: list[dict] = []
+        self.skipped = 0  # samples dropped by the dataset's skip policy (single process only)
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "micro_in_epoch": self.micro_in_epoch,
+            "best_metric": self.best_metric,
+            "history": self.history,
+            "world_size": self.world,
+            "rng": dist_utils.all_gather_object(rng_state()),  # every rank's, in rank order
+            "train_config": self.config.to_dict(),
+        }
+
+    def save_checkpoint(self, folder: Path) -> None:
+        state = self._state()  # collective: all ranks take part
+        if self.is_main:
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            unwrap(self.model).save_pretrained(folder)
+            torch.save(state, folder / TRAIN_STATE)
+        dist_utils.barrier()
+
+    def resume(self, path: Union[str, Path]) -> None:
+        """Restore weights, optimiser, scheduler, scaler, counters and RNG from a checkpoint or run."""
+        folder = resolve_checkpoint(path)
+        state = torch.load(folder / TRAIN_STATE, map_location="cpu", weights_only=False)
+        _load_weights(unwrap(self.model), folder)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.micro_in_epoch = state["micro_in_epoch"]
+        self.best_metric = state["best_metric"]
+        self.history = list(state["history"])
+        rngs = state["rng"]
+        if len(rngs) != self.world:
+            print(
+                f"[sgmn train] resuming {folder} saved with {len(rngs)} ranks on {self.world}: "
+                "RNG states re-seeded, the data order will differ from an uninterrupted run"
+            )
+            seed_everything(self.config.seed + 1000 * self.epoch + self.rank)
+        else:
+            set_rng_state(rngs[self.rank])
+
+    # ---- logging -----------------------------------------------------------------------------
+    def log(self, row: dict) -> None:
+        if self.is_main:
+            with open(self.out_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        cfg = self.config
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save_json(self.out_dir / "train_config.json")
+            model_cfg = getattr(unwrap(self.model), "config", None)
+            if hasattr(model_cfg, "to_dict") or isinstance(model_cfg, dict):
+                d = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg
+                (self.out_dir / "config.json").write_text(json.dumps(d, indent=2) + "\n")
+        net = self.ddp or self.model
+        net.train()
+        stopped_early = False
+        last_losses: dict[str, float] = {}
+
+        while self.epoch < cfg.epochs:
+            if cfg.max_steps is not None and self.step >= cfg.max_steps:
+                stopped_early = True
+                break
+            epoch = self.epoch
+            self.sampler.set_epoch(epoch)
+            self.sampler.skip = self.micro_in_epoch * cfg.batch_size
+            self.loader.generator.manual_seed(cfg.seed * 100_003 + epoch * 1_009 + self.rank)
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(epoch)
+            epoch_sums: dict[str, float] = {}
+            epoch_steps = 0
+            micro_total = self.steps_per_epoch * cfg.grad_accum  # a trailing partial accumulation is dropped
+            bar = tqdm(
+                total=micro_total,
+                initial=self.micro_in_epoch,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                disable=not self.is_main,
+                dynamic_ncols=True,
+            )
+            window_start, window_clips = time.perf_counter(), 0
+            accum_losses: dict[str, float] = {}
+            for batch in self.loader:
+                if self.micro_in_epoch >= micro_total:
+                    break
+                micro = self.micro_in_epoch % cfg.grad_accum
+                final_micro = micro == cfg.grad_accum - 1
+                self._check_skipped(batch)
+                batch = move_to_device(batch, self.device)
+                sync = contextlib.nullcontext() if (final_micro or self.ddp is None) else self.ddp.no_sync()
+                with sync:
+                    with _autocast(self.device, cfg.precision):
+                        out = net(batch)
+                    loss = out["loss"].float()
+                    terms = {k: float(v.detach().float()) for k, v in out.get("losses", {}).items()}
+                    if not torch.isfinite(loss):
+                        bad = [k for k, v in terms.items() if not math.isfinite(v)]
+                        raise NonFiniteLossError(
+                            f"loss is {float(loss)} at optimiser step {self.step + 1} (epoch {epoch + 1}, "
+                            f"micro-batch {self.micro_in_epoch + 1}); non-finite terms: {bad or 'none'}; "
+                            f"all terms: {terms}"
+                        )
+                    self.scaler.scale(loss / cfg.grad_accum).backward()
+                terms["loss"] = float(loss.detach())
+                for k, v in terms.items():
+                    accum_losses[k] = accum_losses.get(k, 0.0) + v / cfg.grad_accum
+                window_clips += _batch_len(batch) * self.world
+                self.micro_in_epoch += 1
+                bar.update(1)
+                if not final_micro:
+                    continue
+
+                lrs = self._lrs()  # the lr this step used (the scheduler moves on inside the step)
+                grad_norm = self._optimizer_step()
+                self.step += 1
+                epoch_steps += 1
+                last_losses = accum_losses
+                for k, v in accum_losses.items():
+                    epoch_sums[k] = epoch_sums.get(k, 0.0) + v
+                accum_losses = {}
+                if self.is_main:
+                    bar.set_postfix(loss=f"{last_losses['loss']:.4f}", lr=f"{max(lrs):.2e}")
+                if self.step % cfg.log_every == 0 or self.step == 1:
+                    elapsed = time.perf_counter() - window_start
+                    self.log(
+                        {
+                            "kind": "step",
+                            "epoch": epoch + 1,
+                            "step": self.step,
+                            "loss": last_losses["loss"],
+                            "losses": {k: v for k, v in last_losses.items() if k != "loss"},
+                            "lr": max(lrs),  # new modules; the backbone's is in lr_groups
+                            "lr_groups": dict(zip(self._group_names(), lrs)),
+                            "grad_norm": grad_norm,
+                            "clips_per_s": window_clips / elapsed if elapsed > 0 else None,
+                        }
+                    )
+                    window_start, window_clips = time.perf_counter(), 0
+                if cfg.max_steps is not None and self.step >= cfg.max_steps:
+                    break
+            bar.close()
+
+            epoch_done = self.micro_in_epoch >= micro_total
+            if not epoch_done:  # stopped by max_steps inside the epoch
+                stopped_early = True
+                self.save_checkpoint(self.out_dir / "last")
+                break
+            self.epoch += 1
+            self.micro_in_epoch = 0
+            row = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "skipped_samples": self.skipped}
+            row["losses"] = {k: v / max(epoch_steps, 1) for k, v in epoch_sums.items()}
+            metric = self._run_validation()
+            if metric is not None:
+                row["val"] = metric
+            self.history.append(row)
+            self.log(row)
+            folder = self.out_dir / f"epoch-{self.epoch:03d}"
+            self.save_checkpoint(folder)
+            if self.is_main:
+                _replace_dir(folder, self.out_dir / "last")
+                if metric is not None and metric.get("is_best"):
+                    _replace_dir(folder, self.out_dir / "best")
+            dist_utils.barrier()
+
+        if cfg.max_steps is not None and self.step >= cfg.max_steps and self.epoch < cfg.epochs:
+            stopped_early = True
+        return TrainResult(
+            out_dir=self.out_dir,
+            epochs_completed=self.epoch,
+            step=self.step,
+            stopped_early=stopped_early,
+            best_metric=self.best_metric,
+            last_losses=last_losses,
+            history=self.history,
+        )
+
+    def _check_skipped(self, batch: Any) -> None:
+        """Count samples the dataset's skip policy dropped; refuse what would break the batch."""
+        if not isinstance(batch, dict) or not batch.get("skipped"):
+            return
+        n, reasons = int(batch["skipped"]), batch.get("skip_reasons") or ["?"]
+        self.skipped += n
+        if self.world > 1:
+            raise DataError(
+                f"{n} unreadable sample(s) in a batch under DDP: the ranks would hold different batch "
+                f"sizes for the all-gathered losses; fix the data or train in one process. First: {reasons[0]}"
+            )
+        if "labels" not in batch:
+            raise DataError(f"every sample of a training batch was unreadable; first: {reasons[0]}")
+
+    def _optimizer_step(self) -> Optional[float]:
+        cfg = self.config
+        grad_norm = None
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return grad_norm
+
+    def _lrs(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def _group_names(self) -> list[str]:
+        return [g.get("name", str(i)) for i, g in enumerate(self.optimizer.param_groups)]
+
+    def _run_validation(self) -> Optional[dict]:
+        """Rank 0 evaluates the unwrapped model; every rank learns the result (for best/)."""
+        if self.validate is None or self.epoch % self.config.val_every != 0:
+            return None
+        metrics = None
+        if self.is_main:
+            model = unwrap(self.model)
+            try:
+                with torch.no_grad():
+                    metrics = dict(self.validate(model, self.epoch))
+            finally:
+                model.train()
+            r1 = metrics.get("R@1")
+            if r1 is not None and (self.best_metric is None or r1 > self.best_metric):
+                self.best_metric = r1
+                metrics["is_best"] = True
+        metrics, best = dist_utils.all_gather_object((metrics, self.best_metric))[0]
+        self.best_metric = best
+        return metrics
+
+
+def _batch_len(batch: Any) -> int:
+    if isinstance(batch, dict):
+        for v in batch.values():
+            if isinstance(v, torch.Tensor):
+                return int(v.shape[0])
+            if isinstance(v, list):
+                return len(v)
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    return len(batch)
+
+
+def resolve_checkpoint(path: Union[str, Path]) -> Path:
+    """A checkpoint folder (with train_state.pt), or a run folder (its ``last/``)."""
+    path = Path(path)
+    if (path / TRAIN_STATE).is_file():
+        return path
+    if (path / "last" / TRAIN_STATE).is_file():
+        return path / "last"
+    raise FileNotFoundError(
+        f"{path}: not a checkpoint to resume from (no {TRAIN_STATE} in it or in {path / 'last'})"
+    )
+
+
+def _load_weights(model: nn.Module, folder: Path) -> None:
+    """Load a ``save_pretrained`` folder into an existing model (strict: every key must match)."""
+    if hasattr(type(model), "from_pretrained"):
+        loaded = type(model).from_pretrained(folder)
+        state = loaded.state_dict()
+    else:
+        from safetensors.torch import load_file
+
+        state = load_file(str(folder / "model.safetensors"))
+    model.load_state_dict(state, strict=True)
+
+
+# ---- `sgmn train` ---------------------------------------------------------------------------
+
+
+def split_validation(data, config: TrainConfig):
+    """Return ``(data, val_split_name | None)`` with a validation split to evaluate on.
+
+    A data set with its own ``config.val_split`` keeps it. Otherwise a deterministic
+    ``val_fraction`` of the *training rooms* (at least one, never all) is held out as "val": rooms
+    are ordered by the SHA-1 of their id, so the choice depends on nothing but the room ids and
+    does not change with the training seed. Whole rooms are held out because evaluation ranks a
+    clip against its room's gallery.
+    """
+    if config.val_split in data.splits:
+        return data, config.val_split
+    if config.val_fraction <= 0:
+        return data, None
+    train_ids = data.splits["train"]
+    rooms = sorted({data.clips[c].room_id for c in train_ids}, key=lambda r: hashlib.sha1(r.encode()).hexdigest())
+    if len(rooms) < 2:
+        print(f"[sgmn train] only {len(rooms)} training room(s): no validation split held out")
+        return data, None
+    n_val = min(len(rooms) - 1, max(1, round(config.val_fraction * len(rooms))))
+    val_rooms = set(rooms[:n_val])
+    splits = dict(data.splits)
+    splits["train"] = [c for c in train_ids if data.clips[c].room_id not in val_rooms]
+    splits["val"] = [c for c in train_ids if data.clips[c].room_id in val_rooms]
+    return dataclasses.replace(data, splits=splits), "val"
+
+
+def _text_encoder(model_config, cache_dir: Path):
+    """The model's text encoder behind a disk cache (the model config's own cache_dir wins)."""
+    from sgmn.text import CachedTextEncoder, make_text_encoder
+
+    encoder = make_text_encoder(model_config.text)  # already cached when text.cache_dir is set
+    if model_config.text.encoder == "precomputed" or model_config.text.cache_dir:
+        return encoder
+    return CachedTextEncoder(encoder, cache_dir)
+
+
+def train(
+    data_root: Union[str, Path],
+    format: str,
+    model_name: str,
+    out_dir: Union[str, Path],
+    train_config: Optional[TrainConfig] = None,
+    model_overrides: Optional[dict[str, Any]] = None,
+    resume: Optional[Union[str, Path]] = None,
+) -> TrainResult:
+    """Train ``model_name`` (a registered variant + dotted overrides) on a data set; see module doc.
+
+    With ``resume`` the model is rebuilt from the checkpoint's ``config.json`` (``model_name`` and
+    ``model_overrides`` are then ignored) and training continues where it stopped. Works in one
+    process and under ``torchrun`` (the process group is joined here when torchrun started us).
+    """
+    import sgmn
+    from sgmn.data.dataset import TrainPairs, collate
+    from sgmn.data.readers import read_dataset
+
+    cfg = train_config or TrainConfig()
+    out_dir = Path(out_dir)
+    joined_here = not dist_utils.is_distributed() and dist_utils.setup_distributed()
+    try:
+        rank = dist_utils.rank()
+        data = read_dataset(data_root, format, on_error=cfg.on_error)
+        if data.skipped and rank == 0:
+            print(f"[sgmn train] reader skipped records: {dict(data.skipped)}")
+        if "train" not in data.splits:
+            raise ValueError(f"{data_root}: the data set has no 'train' split (has: {sorted(data.splits)})")
+        data, val_split = split_validation(data, cfg)
+
+        seed_everything(cfg.seed)  # the same initial weights on every rank
+        if resume is not None:
+            model = sgmn.load_model(resolve_checkpoint(resume))
+        else:
+            model = sgmn.create_model(model_name, **(model_overrides or {}))
+        mcfg = model.config
+        seed_everything(cfg.seed + rank)  # different dropout per rank
+
+        text_train = text_val = None
+        # The same rule as evaluation: baselines and text-less variants read record vectors only.
+        if getattr(mcfg, "use_text", True) and getattr(mcfg, "architecture", "sgmn") == "sgmn":
+            from sgmn.text import TextVectors
+
+            cache_dir = Path(cfg.text_cache_dir) if cfg.text_cache_dir else out_dir / "text-cache"
+            encoder = _text_encoder(mcfg, cache_dir)
+            # Rank 0 fills the cache first so the other ranks only read it.
+            if rank == 0:
+                text_train = TextVectors(data, "train", encoder)
+            dist_utils.barrier()
+            if rank != 0:
+                text_train = TextVectors(data, "train", encoder)
+            if val_split is not None and rank == 0:
+                text_val = TextVectors(data, val_split, encoder)
+
+        dataset = TrainPairs(
+            data,
+            "train",
+            num_frames=mcfg.num_frames,
+            image_size=mcfg.vision.image_size,
+            patch_size=mcfg.vision.patch_size,
+            geometry=mcfg.geometry,
+            text=text_train,
+            train=True,
+            seed=cfg.seed,
+            on_error=cfg.on_error,
+        )
+
+        validate = None
+        if val_split is not None:
+            from sgmn.eval.protocol import evaluate
+
+            def validate(model: nn.Module, epoch: int) -> dict:
+                result = evaluate(
+                    model,
+                    data,
+                    split=val_split,
+                    mode="video",
+                    gallery="main",
+                    batch_size=cfg.val_batch_size,
+                    device=resolve_device(cfg.device),
+                    text=text_val,
+                )
+                return {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+
+        trainer = Trainer(model, dataset, cfg, out_dir, collate_fn=collate, validate=validate)
+        if resume is not None:
+            trainer.resume(resume)
+        if rank == 0:
+            print(
+                f"[sgmn train] {len(dataset)} training pairs, {trainer.steps_per_epoch} steps/epoch, "
+                f"global batch {cfg.batch_size * dist_utils.world_size()} x accum {cfg.grad_accum}, "
+                f"validation: {val_split or 'none'}, device {trainer.device}"
+            )
+        return trainer.fit()
+    finally:
+        if joined_here:
+            dist_utils.cleanup_distributed()

@@ -1,0 +1,262 @@
+"""Training: config, optimiser groups and schedule, the loop (logging, checkpoints, exact resume,
+max-steps, NaN), and `sgmn train` end to end on a tiny synthetic data set with the real model."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import Dataset
+
+from sgmn.train.config import TrainConfig, parse_assignments
+from sgmn.train.loop import NonFiniteLossError, Trainer, resolve_checkpoint, split_validation
+from sgmn.train.optim import build_optimizer, build_scheduler, lr_factor, param_groups
+
+torch.set_num_threads(1)
+
+
+# ---- a small model and data set with the training contract ---------------------------------
+
+
+class ToyModel(nn.Module):
+    """forward(batch) -> {"loss", "losses"}; a `backbone.` part, norms, an embedding and dropout."""
+
+    def __init__(self, config=None):
+        super().__init__()
+        self.config = config or {"dim": 8}
+        self.backbone = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8))
+        self.position_embedding = nn.Embedding(4, 8)
+        self.head = nn.Linear(8, 3)
+        self.dropout = nn.Dropout(0.3)
+        self.nan_at_call = None  # make the loss NaN at this forward call (1-based)
+        self.calls = 0
+
+    def forward(self, batch):
+        self.calls += 1
+        x = self.backbone(batch["x"]) + self.position_embedding.weight[0]
+        logits = self.head(self.dropout(x))
+        ce = nn.functional.cross_entropy(logits, batch["labels"])
+        reg = logits.pow(2).mean()
+        if self.nan_at_call == self.calls:
+            reg = reg * float("nan")
+        return {"loss": ce + 0.1 * reg, "losses": {"ce": ce, "reg": reg}}
+
+    def save_pretrained(self, folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps(self.config))
+
+
+class ToyPairs(Dataset):
+    """Epoch-seeded noise on fixed inputs, like TrainPairs' epoch-seeded augmentation."""
+
+    def __init__(self, n=24):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = torch.randint(0, 3, (n,), generator=g)
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        rng = np.random.default_rng([self.epoch, i])
+        noise = torch.from_numpy(rng.normal(size=8).astype(np.float32)) * 0.1
+        return {"x": self.x[i] + noise, "labels": self.y[i]}
+
+
+def toy_trainer(out, validate=None, model=None, **overrides):
+    settings = {"batch_size": 4, "epochs": 3, "num_workers": 0, "log_every": 1, "lr": 1e-2, **overrides}
+    cfg = TrainConfig(**settings)
+    torch.manual_seed(0)
+    return Trainer(model or ToyModel(), ToyPairs(), cfg, out, validate=validate)
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+# ---- config ---------------------------------------------------------------------------------
+
+
+def test_config_json_and_overrides(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"epochs": 3, "lr": 1e-4, "betas": [0.8, 0.9], "precision": "bf16"}))
+    cfg = TrainConfig.from_json(path)
+    assert (cfg.epochs, cfg.lr, cfg.betas, cfg.precision) == (3, 1e-4, (0.8, 0.9), "bf16")
+    cfg2 = cfg.with_overrides({"grad_accum": "2", "max_steps": "null", "lr": "3e-4"})
+    assert (cfg2.grad_accum, cfg2.max_steps, cfg2.lr, cfg2.epochs) == (2, None, 3e-4, 3)
+    # round trip through the run folder's train_config.json
+    cfg2.save_json(tmp_path / "saved.json")
+    assert TrainConfig.from_json(tmp_path / "saved.json") == cfg2
+
+    assert parse_assignments(["train.grad_accum=2", "model.vision.layers=2", "model.name=x"]) == {
+        "train.grad_accum": 2,
+        "model.vision.layers": 2,
+        "model.name": "x",
+    }
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"epochs": 3, "lr_max": 1}, "lr_max"),
+        ({"epochs": "three"}, "'epochs' must be an integer"),
+        ({"precision": "fp8"}, "precision"),
+        ({"grad_accum": 0}, "grad_accum"),
+    ],
+)
+def test_config_rejects_bad_fields_naming_them(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_json(path)
+
+
+def test_config_reports_json_syntax_line(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{\n  "epochs": 3,\n  "lr": ,\n}\n')
+    with pytest.raises(ValueError, match=r"broken.json: line 3"):
+        TrainConfig.from_json(path)
+
+
+# ---- optimiser and schedule ---------------------------------------------------------------
+
+
+def test_param_groups_decay_and_backbone_lr():
+    model = ToyModel()
+    cfg = TrainConfig(lr=3e-4, backbone_lr_factor=1e-3, weight_decay=0.2)
+    groups = {g["name"]: g for g in param_groups(model, cfg)}
+    names = {n: p for n, p in model.named_parameters()}
+
+    def group_of(param_name):
+        return next(k for k, g in groups.items() if any(p is names[param_name] for p in g["params"]))
+
+    assert group_of("backbone.0.weight") == "backbone/decay"
+    assert group_of("backbone.0.bias") == "backbone/no_decay"
+    assert group_of("backbone.1.weight") == "backbone/no_decay"  # LayerNorm gain
+    assert group_of("head.weight") == "new/decay"
+    assert group_of("head.bias") == "new/no_decay"
+    assert group_of("position_embedding.weight") == "new/no_decay"
+    assert groups["backbone/decay"]["lr"] == pytest.approx(3e-7)
+    assert groups["new/decay"]["lr"] == pytest.approx(3e-4)
+    assert groups["new/decay"]["weight_decay"] == 0.2
+    assert groups["backbone/no_decay"]["weight_decay"] == 0.0 and groups["new/no_decay"]["weight_decay"] == 0.0
+    # every trainable parameter in exactly one group
+    counted = [p for g in groups.values() for p in g["params"]]
+    assert len(counted) == len(names) == len({id(p) for p in counted})
+
+
+def test_schedule_matches_the_formula():
+    model = ToyModel()
+    cfg = TrainConfig(lr=1e-3, backbone_lr_factor=0.1, warmup_ratio=0.1)
+    opt = build_optimizer(model, cfg)
+    total = 50
+    sched = build_scheduler(opt, total, cfg.warmup_ratio)
+    warmup = 5
+    seen = {}
+    for step in range(total + 1):
+        seen[step] = {g["name"]: g["lr"] for g in opt.param_groups}
+        opt.step()
+        sched.step()
+    assert seen[0]["new/decay"] == 0.0  # linear warm-up starts at 0
+    assert seen[2]["new/decay"] == pytest.approx(1e-3 * 2 / warmup)
+    assert seen[warmup]["new/decay"] == pytest.approx(1e-3)  # end of warm-up: the base lr
+    assert seen[warmup]["backbone/decay"] == pytest.approx(1e-4)
+    mid = warmup + (total - warmup) // 2
+    expected = 1e-3 * 0.5 * (1 + math.cos(math.pi * (mid - warmup) / (total - warmup)))
+    assert seen[mid]["new/decay"] == pytest.approx(expected)
+    assert seen[total]["new/decay"] == pytest.approx(0.0, abs=1e-12)  # cosine reaches 0 at the end
+    assert lr_factor(total - 1, total, warmup) > 0
+
+
+# ---- the loop with the toy model --------------------------------------------------------------
+
+
+def test_trainer_logs_and_checkpoints(tmp_path):
+    r1s = iter([10.0, 30.0, 20.0])
+    result = toy_trainer(tmp_path / "run", validate=lambda m, e: {"R@1": next(r1s)}).fit()
+    run = tmp_path / "run"
+    assert result.epochs_completed == 3 and result.step == 18 and not result.stopped_early
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["kind"] == "step"]
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert [r["step"] for r in steps] == list(range(1, 19))
+    assert set(steps[0]["losses"]) == {"ce", "reg"} and steps[0]["clips_per_s"] > 0
+    assert steps[0]["lr"] == 0.0 and steps[-1]["lr"] < steps[5]["lr"]  # warm-up from 0, cosine down
+    assert [r["val"]["R@1"] for r in epochs] == [10.0, 30.0, 20.0]
+    for n in (1, 2, 3):
+        assert (run / f"epoch-{n:03d}" / "train_state.pt").is_file()
+    assert json.loads((run / "train_config.json").read_text())["batch_size"] == 4
+    # last/ = epoch 3, best/ = epoch 2 (highest R@1)
+    for name, epoch in (("last", 3), ("best", 2)):
+        for key, value in weights(run / name).items():
+            assert torch.equal(value, weights(run / f"epoch-{epoch:03d}")[key])
+    assert result.best_metric == 30.0
+    # the loss went down on this easy problem
+    assert epochs[-1]["losses"]["ce"] < epochs[0]["losses"]["ce"]
+
+
+def test_resume_after_epoch_gives_identical_weights(tmp_path):
+    full = toy_trainer(tmp_path / "full").fit()
+    assert full.epochs_completed == 3
+
+    part = toy_trainer(tmp_path / "part", max_steps=12).fit()  # 6 steps per epoch: stops after epoch 2
+    assert part.epochs_completed == 2 and part.stopped_early
+    assert resolve_checkpoint(tmp_path / "part").name == "last"
+
+    resumed = toy_trainer(tmp_path / "part")
+    resumed.resume(tmp_path / "part" / "epoch-002")
+    result = resumed.fit()
+    assert result.epochs_completed == 3 and result.step == 18
+    a, b = weights(tmp_path / "full" / "last"), weights(tmp_path / "part" / "last")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_resume_mid_epoch_with_accumulation(tmp_path):
+    full = toy_trainer(tmp_path / "full", grad_accum=2).fit()
+    assert full.step == 9
+    part = toy_trainer(tmp_path / "part", grad_accum=2, max_steps=4).fit()  # 3 steps/epoch: stops inside epoch 2
+    assert part.stopped_early and part.epochs_completed == 1 and part.step == 4
+    resumed = toy_trainer(tmp_path / "part", grad_accum=2)
+    resumed.resume(tmp_path / "part")  # the run folder -> its last/
+    assert resumed.micro_in_epoch == 2
+    resumed.fit()
+    a, b = weights(tmp_path / "full" / "last"), weights(tmp_path / "part" / "last")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_nan_loss_stops_with_step_and_terms(tmp_path):
+    model = ToyModel()
+    model.nan_at_call = 5
+    with pytest.raises(NonFiniteLossError, match=r"optimiser step 5 .*non-finite terms: \['reg'\]"):
+        toy_trainer(tmp_path / "run", model=model).fit()
+
+
+def test_bf16_autocast_on_cpu_trains(tmp_path):
+    result = toy_trainer(tmp_path / "run", precision="bf16", epochs=1).fit()
+    assert result.step == 6 and math.isfinite(result.last_losses["loss"])
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        toy_trainer(tmp_path / "run2", precision="fp16")
+
+
+def test_too_small_training_set_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="training set too small"):
+        Trainer(ToyModel(), ToyPairs(n=3), TrainConfig(batch_size=4, num_workers=0), tmp_path)
+
+
+def test_resolve_checkpoint_names_the_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_state.pt"):
+        resolve_checkpoint(tmp_path)
