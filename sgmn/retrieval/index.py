@@ -1,0 +1,135 @@
+"""Search over product vectors: exact (a matmul) for a room, FAISS for a global catalogue.
+
+The SGMN score of a clip against a product image is ``v·p + λ·a·t`` (v, a: the clip's visual and
+ASR embeddings; p, t: the product's image and title embeddings; a or t are zero vectors when the
+text is missing). Concatenating ``[p, λ·t]`` on the gallery side and ``[v, a]`` on the query side
+turns it into one inner product, so exact search and every FAISS index (inner-product metric)
+compute exactly the model's score. A product with several images scores as its best image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import faiss
+import numpy as np
+
+from sgmn.retrieval.store import RoomVectors
+
+IndexKind = Literal["flat", "ivf", "hnsw"]
+
+
+@dataclass
+class IndexConfig:
+    """Which FAISS index a global catalogue gets, and its search-time settings."""
+
+    kind: Optional[IndexKind] = None  # None: chosen by catalogue size with the thresholds below
+    flat_below: int = 50_000  # fewer rows than this: exact flat index
+    ivf_below: int = 1_000_000  # fewer rows than this: IVF-Flat; otherwise HNSW
+    ivf_nlist: Optional[int] = None  # None: about 4·sqrt(rows), at least 1, at most rows / 39
+    ivf_nprobe: int = 64  # lists scanned per query (recall vs speed; see tests/test_index.py)
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 128
+    seed: int = 0
+
+    def choose_kind(self, rows: int) -> IndexKind:
+        if self.kind is not None:
+            if self.kind not in ("flat", "ivf", "hnsw"):
+                raise ValueError(f"index kind must be flat, ivf or hnsw, got {self.kind!r}")
+            return self.kind
+        if rows < self.flat_below:
+            return "flat"
+        if rows < self.ivf_below:
+            return "ivf"
+        return "hnsw"
+
+    def nlist_for(self, rows: int) -> int:
+        if self.ivf_nlist is not None:
+            return max(1, min(self.ivf_nlist, rows))
+        # FAISS wants ~39 training points per centroid; sqrt scaling keeps lists balanced.
+        return max(1, min(int(4 * math.sqrt(rows)), rows // 39 or 1))
+
+
+def gallery_matrix(room: RoomVectors, text_weight: float, main_image_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``[p, λ·t]`` for search, and the product index of each row."""
+    rows = room.main_rows if main_image_only else np.arange(len(room.row_product))
+    product_of_row = room.row_product[rows]
+    if len(rows) == 0:
+        return np.zeros((0, 0), np.float32), product_of_row
+    titles = room.titles[product_of_row] * np.float32(text_weight)
+    return np.ascontiguousarray(np.concatenate([room.images[rows], titles], axis=1), np.float32), product_of_row
+
+
+def query_matrix(visual: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """Rows ``[v, a]`` (``a`` is zeros for a clip without ASR)."""
+    return np.ascontiguousarray(np.concatenate([visual, text], axis=1), np.float32)
+
+
+def best_per_product(scores: np.ndarray, product_of_row: np.ndarray, n_products: int) -> np.ndarray:
+    """(B, rows) image scores -> (B, n_products) product scores (max over a product's images)."""
+    out = np.full((scores.shape[0], n_products), -np.inf, np.float32)
+    np.maximum.at(out, (slice(None), product_of_row), scores)
+    return out
+
+
+def exact_search(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by inner product, sorted by score (ties broken by row order); (scores, rows)."""
+    scores = queries @ gallery.T
+    k = min(k, gallery.shape[0])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), order
+
+
+class VectorIndex:
+    """A FAISS inner-product index over gallery rows (flat, IVF-Flat or HNSW-Flat)."""
+
+    def __init__(self, index: faiss.Index, kind: IndexKind, config: IndexConfig):
+        self.index = index
+        self.kind = kind
+        self.config = config
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, config: Optional[IndexConfig] = None) -> "VectorIndex":
+        config = config or IndexConfig()
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        if vectors.ndim != 2 or vectors.shape[0] == 0:
+            raise ValueError(f"need a non-empty (rows, dim) matrix to index, got shape {vectors.shape}")
+        n, dim = vectors.shape
+        kind = config.choose_kind(n)
+        if kind == "flat":
+            index = faiss.IndexFlatIP(dim)
+        elif kind == "ivf":
+            quantizer = faiss.IndexFlatIP(dim)
+            index = faiss.IndexIVFFlat(quantizer, dim, config.nlist_for(n), faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = config.seed
+            index.train(vectors)
+        else:
+            index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = config.hnsw_ef_construction
+        index.add(vectors)
+        return cls(index, kind, config)
+
+    @property
+    def size(self) -> int:
+        return self.index.ntotal
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows), each (B, k); rows are -1 where the index found fewer than k."""
+        queries = np.ascontiguousarray(queries, np.float32)
+        k = max(1, min(k, self.size))
+        if self.kind == "ivf":
+            self.index.nprobe = min(self.config.ivf_nprobe, self.index.nlist)
+        elif self.kind == "hnsw":
+            self.index.hnsw.efSearch = max(self.config.hnsw_ef_search, k)
+        return self.index.search(queries, k)
+
+    def save(self, path: Union[str, Path]) -> None:
+        faiss.write_index(self.index, str(path))
+
+    @classmethod
+    def load(cls, path: Union[str, Path], kind: IndexKind, config: IndexConfig) -> "VectorIndex":
+        return cls(faiss.read_index(str(path)), kind, config)
