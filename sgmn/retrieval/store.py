@@ -1,0 +1,485 @@
+"""The gallery store on disk: rooms, products, their copied images and their embedding vectors.
+
+Layout of a store folder::
+
+    store.sqlite            rooms, products (title, image file names, vector file, fingerprint), meta
+    images/<room>/<product>-<token>-<i>.<ext>    copies of the product images (the web page shows them)
+    vectors/<room>/<product>-<token>.npz         ``images`` (n, d) and ``title`` (d,) float32
+    index/                  derived FAISS indexes (rebuilt when missing or stale)
+    .lock                   held while a process has the store open
+
+Crash safety: the files of a product are written (and fsynced) *before* the SQLite transaction
+that references them commits, and old files are deleted only *after* it commits, under fresh
+names every time. A process killed at any point therefore leaves either the old or the new
+product, never a mix; files that no committed row references are orphans and are deleted the
+next time the store is opened. A referenced file that is missing is reported, not ignored.
+
+The store knows nothing about models: it stores vectors and the fingerprint of whatever model
+computed them (``sgmn.retrieval.retriever`` checks it).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+import numpy as np
+
+from sgmn.errors import DataError
+from sgmn.retrieval.errors import AlreadyExists, NotFound, StoreCorrupt, validate_id
+
+SCHEMA_VERSION = 1
+DB_NAME = "store.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rooms (room_id TEXT PRIMARY KEY, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS products (
+    room_id TEXT NOT NULL REFERENCES rooms(room_id) ON DELETE CASCADE,
+    product_id TEXT NOT NULL,
+    title TEXT,
+    images TEXT NOT NULL,        -- JSON list of file names under images/<room>/
+    sources TEXT NOT NULL,       -- JSON list of the original image names (for people)
+    vectors TEXT NOT NULL,       -- file name under vectors/<room>/
+    fingerprint TEXT NOT NULL,   -- model that computed the vectors
+    updated REAL NOT NULL,
+    PRIMARY KEY (room_id, product_id)
+);
+"""
+
+ImageSource = Union[str, Path, "PIL.Image.Image"]  # noqa: F821
+
+
+@dataclass(frozen=True)
+class ProductVectors:
+    """Embeddings of one product: one row per image, one title vector (zeros without title)."""
+
+    images: np.ndarray  # (n_images, d) float32
+    title: np.ndarray  # (d,) float32
+    has_title: bool
+
+
+@dataclass(frozen=True)
+class ProductRecord:
+    """What the store knows about one product (paths are absolute, inside the store)."""
+
+    room_id: str
+    product_id: str
+    title: Optional[str]
+    image_paths: list[Path]
+    source_names: list[str]
+    vectors_path: Path
+    fingerprint: str
+    updated: float
+
+    @property
+    def main_image(self) -> Path:
+        return self.image_paths[0]
+
+
+@dataclass(frozen=True)
+class NewProduct:
+    """A product ready to be written: validated id, decodable images and computed vectors."""
+
+    product_id: str
+    title: Optional[str]
+    images: list[ImageSource]
+    vectors: ProductVectors
+
+
+@dataclass(frozen=True)
+class RoomVectors:
+    """All vectors of one room, stacked for exact search (rows = images)."""
+
+    product_ids: list[str]
+    row_product: np.ndarray  # (R,) int: product index of each image row
+    main_rows: np.ndarray  # (P,) int: row of each product's main image
+    images: np.ndarray  # (R, d)
+    titles: np.ndarray  # (P, d)
+    has_title: np.ndarray  # (P,) bool
+    records: tuple[ProductRecord, ...] = ()  # the products, in the order of ``product_ids``
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Result of the consistency check run when a store is opened."""
+
+    rooms: int
+    products: int
+    orphans_removed: int
+
+
+def _fsync_write(path: Path, write) -> None:
+    """Write through a temporary file, fsync, then atomically rename onto ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _source_name(src: ImageSource, i: int) -> str:
+    return Path(src).name if isinstance(src, (str, Path)) else f"image-{i}.png"
+
+
+def _image_suffix(src: ImageSource) -> str:
+    if isinstance(src, (str, Path)):
+        suffix = Path(src).suffix.lower()
+        if 1 < len(suffix) <= 6 and suffix[1:].isalnum():
+            return suffix
+        return ".img"
+    return ".png"
+
+
+class GalleryStore:
+    """Rooms and products persisted in one folder (SQLite in WAL mode + vector and image files).
+
+    Thread-safe: every method takes the store's lock, so one instance may be shared by a server's
+    threads. One process at a time may open a store (an advisory file lock enforces it).
+    """
+
+    def __init__(self, root: Union[str, Path], create: bool = True):
+        self.root = Path(root)
+        if not self.root.exists():
+            if not create:
+                raise NotFound(f"store {self.root} does not exist")
+            self.root.mkdir(parents=True)
+        elif not self.root.is_dir():
+            raise DataError("store path exists and is not a folder", file=self.root)
+        self._lock = threading.RLock()
+        self._lock_file = open(self.root / ".lock", "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise DataError("store is open in another process (or another GalleryStore)", file=self.root)
+        for sub in ("images", "vectors", "index"):
+            (self.root / sub).mkdir(exist_ok=True)
+        self._db = sqlite3.connect(self.root / DB_NAME, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        version = self.get_meta("schema_version")
+        if version is None:
+            self.set_meta("schema_version", str(SCHEMA_VERSION))
+        elif int(version) != SCHEMA_VERSION:
+            raise DataError(f"store schema version {version}, this sgmn reads {SCHEMA_VERSION}", file=self.root)
+        self._room_cache: dict[str, RoomVectors] = {}
+        self.check_report = self.check()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+                self._lock_file.close()
+
+    def __enter__(self) -> "GalleryStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- meta ------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> Optional[str]:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    @property
+    def generation(self) -> int:
+        """A counter bumped by every committed change (derived indexes compare against it)."""
+        return int(self.get_meta("generation") or 0)
+
+    def _bump_generation(self) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES ('generation', '1') "
+            "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        )
+
+    # ---- rooms -----------------------------------------------------------------------------
+    def list_rooms(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT room_id FROM rooms ORDER BY room_id")]
+
+    def has_room(self, room: str) -> bool:
+        validate_id(room, "room id")
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM rooms WHERE room_id = ?", (room,)).fetchone() is not None
+
+    def _require_room(self, room: str) -> None:
+        if not self.has_room(room):
+            raise NotFound(f"unknown room {room!r} in store {self.root}")
+
+    def create_room(self, room: str, exist_ok: bool = False) -> bool:
+        """Create an empty room; returns False when it existed (and ``exist_ok``)."""
+        validate_id(room, "room id")
+        with self._lock:
+            if self.has_room(room):
+                if exist_ok:
+                    return False
+                raise AlreadyExists(f"room {room!r} already exists in store {self.root}")
+            with self._transaction():
+                self._db.execute("INSERT INTO rooms (room_id, created) VALUES (?, ?)", (room, time.time()))
+                self._bump_generation()
+            return True
+
+    def delete_room(self, room: str) -> int:
+        """Delete a room with all its products and files; returns the number of products removed."""
+        with self._lock:
+            self._require_room(room)
+            n = self.count_products(room)
+            with self._transaction():
+                self._db.execute("DELETE FROM products WHERE room_id = ?", (room,))
+                self._db.execute("DELETE FROM rooms WHERE room_id = ?", (room,))
+                self._bump_generation()
+            shutil.rmtree(self.root / "images" / room, ignore_errors=True)
+            shutil.rmtree(self.root / "vectors" / room, ignore_errors=True)
+            self._room_cache.pop(room, None)
+            return n
+
+    # ---- products --------------------------------------------------------------------------
+    def count_products(self, room: Optional[str] = None) -> int:
+        with self._lock:
+            if room is None:
+                return self._db.execute("SELECT COUNT(*) FROM products").fetchone()[0]
+            return self._db.execute("SELECT COUNT(*) FROM products WHERE room_id = ?", (room,)).fetchone()[0]
+
+    def _record(self, row) -> ProductRecord:
+        room, pid, title, images, sources, vectors, fingerprint, updated = row
+        return ProductRecord(
+            room_id=room,
+            product_id=pid,
+            title=title,
+            image_paths=[self.root / "images" / room / name for name in json.loads(images)],
+            source_names=json.loads(sources),
+            vectors_path=self.root / "vectors" / room / vectors,
+            fingerprint=fingerprint,
+            updated=updated,
+        )
+
+    _COLUMNS = "room_id, product_id, title, images, sources, vectors, fingerprint, updated"
+
+    def list_products(self, room: str) -> list[ProductRecord]:
+        with self._lock:
+            self._require_room(room)
+            rows = self._db.execute(
+                f"SELECT {self._COLUMNS} FROM products WHERE room_id = ? ORDER BY product_id", (room,)
+            ).fetchall()
+            return [self._record(r) for r in rows]
+
+    def has_product(self, room: str, product_id: str) -> bool:
+        validate_id(product_id, "product id")
+        with self._lock:
+            return (
+                self._db.execute(
+                    "SELECT 1 FROM products WHERE room_id = ? AND product_id = ?", (room, product_id)
+                ).fetchone()
+                is not None
+            )
+
+    def get_product(self, room: str, product_id: str) -> ProductRecord:
+        validate_id(product_id, "product id")
+        with self._lock:
+            self._require_room(room)
+            row = self._db.execute(
+                f"SELECT {self._COLUMNS} FROM products WHERE room_id = ? AND product_id = ?", (room, product_id)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"unknown product {product_id!r} in room {room!r}")
+            return self._record(row)
+
+    def fingerprints(self) -> dict[str, int]:
+        """Model fingerprint -> number of products whose vectors it computed."""
+        with self._lock:
+            return dict(self._db.execute("SELECT fingerprint, COUNT(*) FROM products GROUP BY fingerprint"))
+
+    def put_products(
+        self, room: str, products: list[NewProduct], fingerprint: str, replace: bool = False
+    ) -> tuple[list[str], list[str]]:
+        """Write products (files first, then one transaction); returns (added ids, replaced ids).
+
+        Without ``replace`` an existing product id raises :class:`AlreadyExists` and nothing is
+        written. Ids must be unique within ``products``.
+        """
+        ids = [validate_id(p.product_id, "product id") for p in products]
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            raise AlreadyExists(f"product ids repeated in one call: {dup}")
+        with self._lock:
+            self._require_room(room)
+            existing = {pid: self.get_product(room, pid) for pid in ids if self.has_product(room, pid)}
+            if existing and not replace:
+                raise AlreadyExists(
+                    f"products already in room {room!r}: {sorted(existing)} (update them instead)"
+                )
+            written: list[Path] = []
+            rows = []
+            try:
+                for p in products:
+                    rows.append(self._write_files(room, p, fingerprint, written))
+                with self._transaction():
+                    self._db.executemany(
+                        f"INSERT OR REPLACE INTO products ({self._COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+                    )
+                    self._bump_generation()
+            except BaseException:
+                for path in written:
+                    path.unlink(missing_ok=True)
+                raise
+            for old in existing.values():
+                self._delete_files(old)
+            self._room_cache.pop(room, None)
+            return [i for i in ids if i not in existing], [i for i in ids if i in existing]
+
+    def remove_product(self, room: str, product_id: str) -> None:
+        with self._lock:
+            old = self.get_product(room, product_id)
+            with self._transaction():
+                self._db.execute("DELETE FROM products WHERE room_id = ? AND product_id = ?", (room, product_id))
+                self._bump_generation()
+            self._delete_files(old)
+            self._room_cache.pop(room, None)
+
+    def _write_files(self, room: str, p: NewProduct, fingerprint: str, written: list[Path]) -> tuple:
+        from PIL import Image
+
+        token = uuid.uuid4().hex[:12]
+        image_dir = self.root / "images" / room
+        vector_dir = self.root / "vectors" / room
+        image_dir.mkdir(exist_ok=True)
+        vector_dir.mkdir(exist_ok=True)
+        if not p.images:
+            raise DataError("a product needs at least one image", key=p.product_id)
+        vec = p.vectors
+        if vec.images.ndim != 2 or vec.images.shape[0] != len(p.images) or vec.title.shape != vec.images.shape[1:]:
+            raise ValueError(
+                f"product {p.product_id!r}: vectors {vec.images.shape}/{vec.title.shape} do not match "
+                f"{len(p.images)} images"
+            )
+        names = []
+        for i, src in enumerate(p.images):
+            name = f"{p.product_id}-{token}-{i}{_image_suffix(src)}"
+            dest = image_dir / name
+            if isinstance(src, Image.Image):
+                _fsync_write(dest, lambda f, im=src: im.save(f, format="PNG"))
+            else:
+                _fsync_write(dest, lambda f, s=src: f.write(Path(s).read_bytes()))
+            written.append(dest)
+            names.append(name)
+        vec_name = f"{p.product_id}-{token}.npz"
+        _fsync_write(
+            vector_dir / vec_name,
+            lambda f: np.savez(
+                f,
+                images=vec.images.astype(np.float32),
+                title=vec.title.astype(np.float32),
+                has_title=np.array(vec.has_title),
+            ),
+        )
+        written.append(vector_dir / vec_name)
+        sources = [_source_name(s, i) for i, s in enumerate(p.images)]
+        return (room, p.product_id, p.title, json.dumps(names), json.dumps(sources), vec_name, fingerprint, time.time())
+
+    def _delete_files(self, record: ProductRecord) -> None:
+        for path in [*record.image_paths, record.vectors_path]:
+            path.unlink(missing_ok=True)
+
+    # ---- vectors ---------------------------------------------------------------------------
+    def load_vectors(self, record: ProductRecord) -> ProductVectors:
+        try:
+            with np.load(record.vectors_path) as z:
+                return ProductVectors(z["images"], z["title"], bool(z["has_title"]))
+        except FileNotFoundError:
+            raise StoreCorrupt("vector file of a committed product is missing", file=record.vectors_path)
+        except (ValueError, KeyError, OSError) as e:
+            raise StoreCorrupt(f"vector file cannot be read ({e})", file=record.vectors_path)
+
+    def room_vectors(self, room: str) -> RoomVectors:
+        """The room's vectors stacked for search (cached until the room changes)."""
+        with self._lock:
+            cached = self._room_cache.get(room)
+            if cached is not None:
+                return cached
+            records = self.list_products(room)
+            vectors = [self.load_vectors(r) for r in records]
+            self._room_cache[room] = rv = stack_vectors(records, vectors)
+            return rv
+
+    # ---- consistency -----------------------------------------------------------------------
+    def check(self) -> CheckReport:
+        """Delete orphan files (left by a crash) and verify every committed file exists."""
+        with self._lock:
+            referenced: set[Path] = set()
+            rooms = self.list_rooms()
+            n_products = 0
+            for room in rooms:
+                for rec in self.list_products(room):
+                    n_products += 1
+                    for path in [*rec.image_paths, rec.vectors_path]:
+                        if not path.is_file():
+                            raise StoreCorrupt(
+                                f"file of committed product {rec.product_id!r} (room {room!r}) is missing",
+                                file=path,
+                            )
+                        referenced.add(path)
+            orphans = 0
+            for sub in ("images", "vectors"):
+                for path in sorted((self.root / sub).rglob("*")):
+                    if path.is_file() and path not in referenced:
+                        path.unlink()
+                        orphans += 1
+                for d in (self.root / sub).iterdir():
+                    if d.is_dir() and d.name not in rooms:
+                        shutil.rmtree(d)
+            return CheckReport(rooms=len(rooms), products=n_products, orphans_removed=orphans)
+
+    # ---- internals -------------------------------------------------------------------------
+    def _transaction(self):
+        db = self._db
+
+        class _Tx:
+            def __enter__(self_):
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self_, exc_type, exc, tb):
+                db.execute("ROLLBACK" if exc_type else "COMMIT")
+                return False
+
+        return _Tx()
+
+
+def stack_vectors(records: list[ProductRecord], vectors: Iterable[ProductVectors]) -> RoomVectors:
+    vectors = list(vectors)
+    if not vectors:
+        empty = np.zeros((0, 0), np.float32)
+        return RoomVectors([], np.zeros(0, np.int64), np.zeros(0, np.int64), empty, empty, np.zeros(0, bool))
+    counts = [v.images.shape[0] for v in vectors]
+    row_product = np.repeat(np.arange(len(vectors)), counts)
+    main_rows = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return RoomVectors(
+        product_ids=[r.product_id for r in records],
+        row_product=row_product,
+        main_rows=main_rows,
+        images=np.concatenate([v.images for v in vectors]).astype(np.float32),
+        titles=np.stack([v.title for v in vectors]).astype(np.float32),
+        has_title=np.array([v.has_title for v in vectors], bool),
+        records=tuple(records),
+    )
