@@ -53,6 +53,20 @@ class SkippedSample:
     reason: str
 
 
+class NoTextVectors:
+    """An explicit "ignore the text" source, for models without a text branch (the baselines,
+    ablations with ``use_text=False``): every clip and product reads as having no text."""
+
+    def __init__(self, dim: int):
+        self.dim = int(dim)
+
+    def clip(self, clip_id: str) -> tuple[np.ndarray, bool]:
+        return np.zeros(self.dim, dtype=np.float32), False
+
+    def product(self, product_id: str) -> tuple[np.ndarray, bool]:
+        return np.zeros(self.dim, dtype=np.float32), False
+
+
 class _RecordVectors:
     """Text vectors stored in the records themselves (or none at all)."""
 

@@ -117,9 +117,11 @@ def frame_mode_queries(clips: list[Clip], window: int) -> tuple[list[Clip], dict
 def _make_text_vectors(model, data: LPRData, split: str):
     from sgmn.text import CachedTextEncoder, TextVectors, make_text_encoder
 
+    from sgmn.data.dataset import NoTextVectors
+
     config = model.config
     if not getattr(config, "use_text", True) or config.architecture != "sgmn":
-        return None
+        return NoTextVectors(config.text.dim)  # the model ignores text: do not encode it
     if config.text.encoder == "precomputed":
         return TextVectors(data, split, None)
     encoder = make_text_encoder(config.text)
@@ -145,11 +147,9 @@ def encode_gallery(model, products: list[Product], *, text, gallery: Gallery, ba
     """Encode every product once. Returns (product ids of rows, ProductEmbeddings on CPU)."""
     from sgmn.data.dataset import GalleryProducts, collate
 
-    if gallery == "all":
-        entries = [dataclasses.replace(p, image_paths=[img]) for p in products for img in p.image_paths]
-    else:
-        entries = list(products)
-    ds = GalleryProducts(entries, text=text, **{k: v for k, v in _dataset_kwargs(model).items() if k != "num_frames"})
+    kw = _dataset_kwargs(model)
+    ds = GalleryProducts(products, image_size=kw["image_size"], geometry=kw["geometry"], text=text,
+                         all_images=(gallery == "all"))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
     ids: list[str] = []
     parts = []
