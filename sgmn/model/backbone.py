@@ -336,9 +336,13 @@ def openai_visual_to_hf(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tor
 
     Keys outside the visual prefix are ignored; an unknown key inside it is an error.
     """
+    return {hf_name: tensor for _, hf_name, tensor in openai_visual_items(state_dict)}
+
+
+def openai_visual_items(state_dict: Mapping[str, torch.Tensor]) -> list[tuple[str, str, torch.Tensor]]:
+    """(source key, HF name, tensor) for every converted tensor (see :func:`openai_visual_to_hf`)."""
     prefix = _visual_prefix(state_dict)
-    visual = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    out: dict[str, torch.Tensor] = {}
+    out: list[tuple[str, str, torch.Tensor]] = []
     direct = {
         "class_embedding": "vision_model.embeddings.class_embedding",
         "positional_embedding": "vision_model.embeddings.position_embedding.weight",
@@ -361,24 +365,27 @@ def openai_visual_to_hf(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tor
         "ln_2.bias": "layer_norm2.bias",
     }
     block_key = re.compile(r"transformer\.resblocks\.(\d+)\.(.+)")
-    for key, value in visual.items():
+    for source_key, value in state_dict.items():
+        if not source_key.startswith(prefix):
+            continue
+        key = source_key[len(prefix) :]
         if key in direct:
-            out[direct[key]] = value
+            out.append((source_key, direct[key], value))
         elif key == "proj":
-            out["visual_projection.weight"] = value.t().contiguous()
+            out.append((source_key, "visual_projection.weight", value.t().contiguous()))
         elif m := block_key.fullmatch(key):
             index, name = m.group(1), m.group(2)
             layer = f"vision_model.encoder.layers.{index}."
             if name in block_names:
-                out[layer + block_names[name]] = value
+                out.append((source_key, layer + block_names[name], value))
             elif name in ("attn.in_proj_weight", "attn.in_proj_bias"):
                 kind = "weight" if name.endswith("weight") else "bias"
                 if value.shape[0] % 3 != 0:
-                    raise DataError(f"packed in_proj of size {value.shape[0]} is not 3 x width", key=prefix + key)
+                    raise DataError(f"packed in_proj of size {value.shape[0]} is not 3 x width", key=source_key)
                 for part, tensor in zip(("q", "k", "v"), value.chunk(3, dim=0)):
-                    out[f"{layer}self_attn.{part}_proj.{kind}"] = tensor.contiguous()
+                    out.append((source_key, f"{layer}self_attn.{part}_proj.{kind}", tensor.contiguous()))
             else:
-                raise DataError("unknown tensor in an OpenAI CLIP vision block", key=prefix + key)
+                raise DataError("unknown tensor in an OpenAI CLIP vision block", key=source_key)
         else:
-            raise DataError("unknown tensor in an OpenAI CLIP vision tower", key=prefix + key)
+            raise DataError("unknown tensor in an OpenAI CLIP vision tower", key=source_key)
     return out
