@@ -1,0 +1,146 @@
+import math
+
+import pytest
+import torch
+
+from sgmn.model.matching import (
+    CrossEncoder,
+    SelectiveFusion,
+    clip_token_keep,
+    mine_hard_negatives,
+    pairwise_matching_loss,
+    rerank,
+)
+
+D, HEADS, N, T = 16, 4, 5, 2
+
+
+def test_mining_returns_hardest_clips_of_other_products_only():
+    # rows = clips, columns = products; clip labels [0, 1, 0, 2, 3], product labels [0, 1, 2, 3]
+    scores = torch.tensor(
+        [
+            [0.9, 0.1, 0.8, 0.3],
+            [0.2, 0.7, 0.5, 0.6],
+            [0.95, 0.4, 0.2, 0.1],  # a second clip of product 0 scores highest for product 0
+            [0.6, 0.3, 0.9, 0.2],
+            [0.5, 0.8, 0.1, 0.7],
+        ]
+    )
+    clip_labels = torch.tensor([0, 1, 0, 2, 3])
+    product_labels = torch.tensor([0, 1, 2, 3])
+    neg, valid = mine_hard_negatives(scores, clip_labels, product_labels, k=3)
+    assert valid.all()
+    assert neg.tolist() == [
+        [3, 4, 1],  # product 0: clips 2 and 0 are the same product, excluded despite scoring highest
+        [4, 2, 3],
+        [0, 1, 2],
+        [1, 0, 3],
+    ]
+    for p in range(4):
+        assert (clip_labels[neg[p]] != product_labels[p]).all()
+
+    # fewer than k clips of other products: the rest is marked invalid, never filled with a same-product clip
+    neg, valid = mine_hard_negatives(scores[:3, :2], clip_labels[:3], product_labels[:2], k=3)
+    assert valid.tolist() == [[True, False, False], [True, True, False]]
+    assert neg.tolist() == [[1, -1, -1], [2, 0, -1]]
+
+
+def _tokens(seed, *shape):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_selective_fusion_leaves_tokens_without_text_unchanged_and_ignores_masked_tokens():
+    torch.manual_seed(0)
+    fusion = SelectiveFusion(D, HEADS)
+    tokens = _tokens(1, 3, T * N, D)
+    text = _tokens(2, 3, D)
+    keep = torch.ones(3, T * N, dtype=torch.bool)
+    keep[:, N:] = False  # second frame is padding
+    cls = list(range(0, T * N, N))
+    out = fusion(tokens, text, torch.tensor([True, False, True]), keep, cls)
+    assert torch.equal(out[1], tokens[1])  # no ASR: unchanged
+    changed = (out != tokens).any(-1)
+    assert changed[0].tolist() == [i in cls for i in range(T * N)]  # only the frame CLS positions move
+
+    noisy = tokens.clone()
+    noisy[:, N + 1 :] = torch.randn(3, N - 1, D) * 10  # masked tokens (not CLS positions)
+    again = fusion(noisy, text, torch.tensor([True, False, True]), keep, cls)
+    assert torch.allclose(again[:, :N], out[:, :N], atol=1e-6)  # masked keys do not steer the summary
+
+    out.sum().backward()
+    for name, param in fusion.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_cross_encoder_ignores_masked_clip_tokens_and_gets_gradients_everywhere():
+    torch.manual_seed(0)
+    encoder = CrossEncoder(D, HEADS, layers=1)
+    products = _tokens(1, 4, N, D)
+    clips = _tokens(2, 4, T * N, D)
+    frame_mask = torch.tensor([[True, True], [True, False], [True, True], [True, False]])
+    patch_mask = torch.ones(4, T, N, dtype=torch.bool)
+    patch_mask[0, 0, 3:] = False
+    keep = clip_token_keep(frame_mask, patch_mask, N)
+    assert keep[1].tolist() == [True] * N + [False] * N and keep[0, 3:5].tolist() == [False, False]
+    scores = encoder(products, clips, keep)
+    assert scores.shape == (4,) and torch.isfinite(scores).all()
+
+    noisy = clips.clone()
+    noisy[~keep] = torch.randn(int((~keep).sum()), D) * 10
+    assert torch.allclose(encoder(products, noisy, keep), scores, atol=1e-5)
+    noisy[0, 0] = torch.randn(D) * 3  # a kept token does matter
+    assert not torch.allclose(encoder(products, noisy, keep)[0], scores[0])
+
+    scores.sum().backward()
+    for name, param in encoder.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+    with pytest.raises(ValueError, match="no real token"):
+        encoder(products, clips, torch.zeros(4, T * N, dtype=torch.bool))
+
+
+def test_pairwise_loss_is_cross_entropy_with_target_zero_on_every_row():
+    torch.manual_seed(0)
+    encoder = CrossEncoder(D, HEADS, layers=1)
+    G, k = 5, 3
+    products = _tokens(1, G, N, D)
+    clips = _tokens(2, G, T * N, D)
+    keep = torch.ones(G, T * N, dtype=torch.bool)
+    negatives = torch.tensor([[1, 2, 3], [0, 2, 4], [4, 3, -1], [0, 1, 2], [-1, -1, -1]])
+    valid = negatives >= 0
+    loss = pairwise_matching_loss(encoder, products, clips, keep, torch.arange(G), negatives, valid)
+
+    def score(p, c):
+        return encoder(products[p : p + 1], clips[c : c + 1], keep[c : c + 1])[0].item()
+
+    expected = 0.0
+    rows = [0, 1, 2, 3]  # product 4 has no negative: nothing to classify
+    for p in rows:
+        cands = [p] + [int(c) for c in negatives[p] if c >= 0]
+        s = [score(p, c) for c in cands]
+        expected += -s[0] + math.log(sum(math.exp(x) for x in s))
+    expected /= len(rows)
+    assert abs(loss.item() - expected) < 1e-5
+
+    loss.backward()
+    assert all(p.grad is not None for p in encoder.parameters())
+
+    none = pairwise_matching_loss(encoder, products, clips, keep, torch.arange(G), negatives[4:].expand(G, k), valid[4:].expand(G, k))
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_rerank_scores_match_the_cross_encoder_and_are_deterministic():
+    results = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        encoder = CrossEncoder(D, HEADS, layers=1).eval()
+        products = _tokens(1, 6, N, D)
+        clips = _tokens(2, 2, T * N, D)
+        keep = torch.ones(2, T * N, dtype=torch.bool)
+        candidates = torch.tensor([[5, 0, 2], [1, 1, 4]])
+        results.append(rerank(encoder, products, clips, keep, candidates, batch_size=4))
+    assert torch.equal(results[0], results[1])
+    direct = encoder(products[[1]], clips[[1]], keep[[1]])
+    assert torch.allclose(results[0][1, 0], direct[0], atol=1e-6) and torch.allclose(results[0][1, 1], direct[0], atol=1e-6)
+    all_products = rerank(encoder, products, clips, keep)
+    assert all_products.shape == (2, 6) and torch.allclose(all_products[0, [5, 0, 2]], results[0][0], atol=1e-6)
