@@ -167,3 +167,26 @@ def test_relation_kl_is_zero_at_target_both_directions_and_target_detached():
     loss.backward()
     assert v.grad is None and p.grad is None  # the target teaches the relevance only
     assert relevance.grad.abs().sum() > 0
+
+
+def test_losses_run_in_float32_under_autocast():
+    g = torch.Generator().manual_seed(4)
+    v = F.normalize(torch.randn(8, 32, generator=g), dim=-1)
+    p = F.normalize(v + 0.3 * torch.randn(8, 32, generator=g), dim=-1)
+    relevance = torch.randn(8, 8, generator=g)
+    labels = torch.arange(8) % 5
+    exact = (
+        relation_kl(relevance, torch.cdist(v, p)),
+        bidirectional_triplet(v, p, labels),
+        symmetric_infonce(v, p, labels),
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = (
+            relation_kl(relevance.bfloat16(), torch.cdist(v, p)),
+            bidirectional_triplet(v.bfloat16(), p.bfloat16(), labels),
+            symmetric_infonce(v.bfloat16(), p.bfloat16(), labels),
+        )
+    for e, m in zip(exact, mixed):
+        assert m.dtype == torch.float32
+        assert abs(m.item() - e.item()) < 0.05 * abs(e.item()) + 1e-2
+    assert mixed[0].item() >= 0

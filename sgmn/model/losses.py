@@ -17,6 +17,7 @@ Where this module departs from the published SGMN code (see ``docs`` / spec ``me
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -25,6 +26,24 @@ import torch.nn.functional as F
 # Squared distances are clamped away from 0 before the square root so that identical embeddings
 # give a finite (zero) gradient instead of inf * 0 = NaN.
 _MIN_SQUARED_DISTANCE = 1e-12
+
+
+def full_precision(fn):
+    """Run a loss in float32 with autocast off: sqrt(2 - 2s), a x100 logit scale and KL terms are
+    too coarse in bf16/fp16 (a KL can even come out negative)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if torch.is_tensor(a)]
+        device_type = tensors[0].device.type if tensors else "cpu"
+
+        def up(x):
+            return x.float() if torch.is_tensor(x) and x.is_floating_point() else x
+
+        with torch.autocast(device_type=device_type, enabled=False):
+            return fn(*[up(a) for a in args], **{k: up(v) for k, v in kwargs.items()})
+
+    return wrapper
 
 
 def _zero_like_graph(*tensors: torch.Tensor) -> torch.Tensor:
@@ -73,6 +92,7 @@ def negative_sampling_weights(
     return torch.where(total > 0, weight / total.clamp(min=1e-30), torch.zeros_like(weight))
 
 
+@full_precision
 def distance_weighted_triplet(
     anchors: torch.Tensor,
     candidates: torch.Tensor,
@@ -137,6 +157,7 @@ def bidirectional_triplet(
     )
 
 
+@full_precision
 def symmetric_infonce(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -190,6 +211,7 @@ def _row_kl(target_logits: torch.Tensor, predicted_logits: torch.Tensor) -> torc
     )
 
 
+@full_precision
 def relation_kl(
     relevance: torch.Tensor,
     target_distance: torch.Tensor,
