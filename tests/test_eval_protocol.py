@@ -1,0 +1,149 @@
+"""The per-room protocol on a tiny synthetic set with the real tiny model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import sgmn
+from sgmn.data.readers import read_dataset
+from sgmn.data.synthetic import generate, preset
+from sgmn.eval.protocol import evaluate, frame_mode_queries
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, preset("easy", rooms=2, products_per_room=4, clips_per_product=1, frames_per_clip=4), progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return sgmn.create_model("sgmn-tiny").eval()
+
+
+def test_rankings_are_per_room_sorted_and_gallery_encoded_once(synth, model, monkeypatch):
+    data = read_dataset(synth, "lpr4m")
+    calls = []
+    original = model.encode_products
+
+    def counting(images, *a, **k):
+        calls.append(len(images))
+        return original(images, *a, **k)
+
+    monkeypatch.setattr(model, "encode_products", counting)
+    result = evaluate(model, data, "test", batch_size=3, progress=False)
+    test_clips = data.split_clips("test")
+    # every product of the queried rooms is encoded exactly once, however many queries there are
+    rooms = {c.room_id for c in test_clips}
+    assert sum(calls) == sum(len(data.rooms[r].product_ids) for r in rooms)
+    assert set(result.rankings) == {c.clip_id for c in test_clips}
+    for clip in test_clips:
+        ranking = result.rankings[clip.clip_id]
+        assert [p for p, _ in ranking] != []
+        assert {p for p, _ in ranking} == set(data.rooms[clip.room_id].product_ids)  # own room only
+        scores = [s for _, s in ranking]
+        assert scores == sorted(scores, reverse=True)
+    m = result.metrics
+    assert m["num_queries"] == len(test_clips)
+    assert m["protocol"]["gallery_products"] == sum(calls)
+    assert 0.0 <= m["R@1"] <= m["R@3"] <= m["R@5"] <= 100.0
+    assert "category" in m["breakdown"]
+
+
+def test_scores_equal_the_model_score_of_the_clip_and_product(synth, model):
+    data = read_dataset(synth, "lpr4m")
+    result = evaluate(model, data, "test", progress=False)
+    clip = data.split_clips("test")[0]
+    # recompute one query by hand through the public inference API
+    from sgmn.data.media import load_clip_frames
+    from sgmn.text import MiniLMEncoder
+
+    frames, _, _ = load_clip_frames(clip, model.config.num_frames)
+    products = data.room_gallery(clip.room_id)
+    enc = MiniLMEncoder()
+    asr_vec, asr_mask = enc.encode([clip.asr])
+    title_vec, title_mask = enc.encode([p.title for p in products])
+    from sgmn.data.media import load_image
+
+    c = model.encode_clips([frames], asr=torch.from_numpy(asr_vec), asr_mask=torch.from_numpy(asr_mask))
+    p = model.encode_products([load_image(x.image_paths[0]) for x in products],
+                              titles=torch.from_numpy(title_vec), title_mask=torch.from_numpy(title_mask))
+    expected = dict(zip([x.product_id for x in products], model.score(c, p)[0].tolist()))
+    got = dict(result.rankings[clip.clip_id])
+    for pid, score in expected.items():
+        assert got[pid] == pytest.approx(score, abs=1e-4)
+
+
+def test_all_images_gallery_scores_a_product_by_its_best_image(synth, model):
+    data = read_dataset(synth, "lpr4m")
+    clip = data.split_clips("test")[0]
+    room = data.rooms[clip.room_id]
+    p0, p1 = room.product_ids[0], room.product_ids[1]
+    own, other = data.products[p0].image_paths[0], data.products[p1].image_paths[0]
+    first = evaluate(model, data, "test", gallery="main", progress=False)  # p0 shown by its own image
+    data.products[p0].image_paths = [other]
+    second = evaluate(model, data, "test", gallery="main", progress=False)  # p0 shown by the other image
+    data.products[p0].image_paths = [own, other]
+    every = evaluate(model, data, "test", gallery="all", progress=False)
+    assert every.metrics["protocol"]["gallery_images"] == first.metrics["protocol"]["gallery_images"] + 1
+    checked = 0
+    for q, ranking in every.rankings.items():
+        if data.clips[q].room_id != clip.room_id:
+            continue
+        a, m1, m2 = dict(ranking), dict(first.rankings[q]), dict(second.rankings[q])
+        assert a[p0] == pytest.approx(max(m1[p0], m2[p0]), abs=1e-5)  # best image counts
+        assert a[p1] == pytest.approx(m1[p1], abs=1e-5)  # single-image products unchanged
+        checked += 1
+    assert checked >= 1
+
+
+def test_frame_mode_windows_are_causal(synth):
+    data = read_dataset(synth, "lpr4m")
+    clip = data.split_clips("test")[0]
+    queries, alias = frame_mode_queries([clip], window=3)
+    assert len(queries) == len(clip.frame_paths)
+    for t, q in enumerate(queries):
+        assert q.frame_paths == clip.frame_paths[max(0, t - 2): t + 1]  # never a later frame
+        assert alias[q.clip_id] == clip.clip_id
+        assert q.product_ids == clip.product_ids
+
+
+def test_unreadable_query_is_a_counted_miss(synth, model, tmp_path):
+    data = read_dataset(synth, "lpr4m")
+    clip = data.split_clips("test")[0]
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    clip.frame_paths = [bad] * len(clip.frame_paths)
+    with pytest.raises(Exception) as err:
+        evaluate(model, data, "test", progress=False)
+    assert "broken.jpg" in str(err.value)
+    result = evaluate(model, data, "test", on_error="skip", progress=False)
+    assert clip.clip_id not in result.rankings
+    assert result.metrics["num_missing_predictions"] == 1
+    assert result.metrics["num_skipped_unreadable"] == 1
+    assert result.metrics["num_queries"] == len(data.split_clips("test"))
+
+
+def test_eval_cli_writes_metrics_and_rankings(synth, model, tmp_path):
+    from sgmn.cli import app
+
+    ckpt = tmp_path / "model"
+    model.save_pretrained(ckpt)
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(app, ["eval", "--data", str(synth), "--format", "lpr4m", "--checkpoint", str(ckpt),
+                                   "--out", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    rankings = json.loads((out / "rankings.json").read_text())
+    assert metrics["protocol"]["mode"] == "video" and metrics["protocol"]["gallery"] == "main"
+    assert len(metrics["model"]["fingerprint"]) == 16 and len(metrics["data"]["fingerprint"]) == 16
+    assert metrics["num_queries"] == len(rankings)
+    for ranking in rankings.values():
+        scores = [s for _, s in ranking]
+        assert scores == sorted(scores, reverse=True)
+    assert "R@1" in res.output
