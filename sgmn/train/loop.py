@@ -329,7 +329,7 @@ class Trainer:
                     if not torch.isfinite(loss):
                         bad = [k for k, v in terms.items() if not math.isfinite(v)]
                         raise NonFiniteLossError(
-                            f"loss is {float(loss)} at optimiser step {self.step + 1} (epoch {epoch + 1}, "
+                            f"loss is {float(loss.detach())} at optimiser step {self.step + 1} (epoch {epoch + 1}, "
                             f"micro-batch {self.micro_in_epoch + 1}); non-finite terms: {bad or 'none'}; "
                             f"all terms: {terms}"
                         )
