@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Union
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -85,7 +85,7 @@ def load_state(directory: Union[str, Path]) -> tuple[dict[str, Any], dict[str, t
         raise DataError("expected a JSON object", file=config_path)
     try:
         state_dict = load_file(weights_path, device="cpu")
-    except (SafetensorsError, OSError) as err:
+    except (SafetensorError, OSError) as err:
         raise DataError(f"cannot read safetensors file: {err}", file=weights_path) from err
     return config_dict, state_dict
 
