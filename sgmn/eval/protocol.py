@@ -115,7 +115,7 @@ def frame_mode_queries(clips: list[Clip], window: int) -> tuple[list[Clip], dict
 
 
 def _make_text_vectors(model, data: LPRData, split: str):
-    from sgmn.text import CachedTextEncoder, TextVectors, make_text_encoder
+    from sgmn.text import TextVectors, make_text_encoder
 
     from sgmn.data.dataset import NoTextVectors
 
@@ -124,10 +124,7 @@ def _make_text_vectors(model, data: LPRData, split: str):
         return NoTextVectors(config.text.dim)  # the model ignores text: do not encode it
     if config.text.encoder == "precomputed":
         return TextVectors(data, split, None)
-    encoder = make_text_encoder(config.text)
-    if config.text.cache_dir:
-        encoder = CachedTextEncoder(encoder, config.text.cache_dir)
-    return TextVectors(data, split, encoder)
+    return TextVectors(data, split, make_text_encoder(config.text))  # cached when text.cache_dir is set
 
 
 def _dataset_kwargs(model) -> dict:
