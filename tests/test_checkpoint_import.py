@@ -272,6 +272,22 @@ def test_imported_published_checkpoint_reproduces_the_published_scores(tmp_path)
     torch.testing.assert_close(fixed_masking[1], reference[1], atol=1e-4, rtol=0)  # clip 1 has no padding
 
 
+
+def test_load_model_of_a_published_file_gives_the_published_scores(tmp_path):
+    # end to end through the real SGMN: load_model -> encode_clips / encode_products -> score
+    import sgmn
+
+    sd = published_state_dict()
+    torch.save(sd, tmp_path / "pytorch_model.bin.3")
+    model = sgmn.load_model(tmp_path / "pytorch_model.bin.3")
+    assert model.import_report.missing == []
+    frames, frame_mask, patch_mask, asr, images, titles = inputs()
+    clips = model.encode_clips(frames, frame_mask, patch_mask, asr=asr, asr_mask=torch.ones(2, dtype=torch.bool))
+    products = model.encode_products(images, titles=titles, title_mask=torch.ones(3, dtype=torch.bool))
+    with torch.no_grad():
+        reference = ref_scores(sd, frames, frame_mask, patch_mask, asr, images, titles)
+    torch.testing.assert_close(model.score(clips, products), reference, atol=1e-4, rtol=0)
+
 def test_import_into_a_model_built_for_fixed_masking_switches_to_published_masking():
     sd = published_state_dict()
     config = published_config_from_state_dict(sd).replace(temporal_published_mask=False)
