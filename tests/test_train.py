@@ -260,3 +260,100 @@ def test_too_small_training_set_is_a_clear_error(tmp_path):
 def test_resolve_checkpoint_names_the_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="train_state.pt"):
         resolve_checkpoint(tmp_path)
+
+
+# ---- `sgmn train` end to end: real sgmn-tiny, synthetic LPR4M-layout data ----------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_lpr(tmp_path_factory):
+    from sgmn.data.synthetic import generate, preset
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, preset("easy", rooms=3, products_per_room=4, clips_per_product=2, frames_per_clip=4, image_size=64), progress=False)
+    return root
+
+
+def run_cli(*args):
+    from typer.testing import CliRunner
+
+    from sgmn.cli import app
+
+    result = CliRunner().invoke(app, ["train", *map(str, args)])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def cli_args(data, out, cache, *extra):
+    return [
+        "--data", data, "--format", "lpr4m", "--model", "sgmn-tiny", "--out", out, "--epochs", "3",
+        "--batch-size", "4", "--seed", "3",
+        "--set", "train.num_workers=0", "--set", "train.log_every=1", "--set", f"train.text_cache_dir={cache}",
+        "--set", "model.vision.layers=1", "--set", "model.num_frames=4", "--set", "train.val_batch_size=8",
+        *extra,
+    ]
+
+
+def test_cli_train_stop_and_resume_equals_uninterrupted(tiny_lpr, tmp_path):
+    cache = tmp_path / "text-cache"
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_cli(*cli_args(tiny_lpr, full, cache))
+
+    # the run folder of docs/architecture.md
+    model_cfg = json.loads((full / "config.json").read_text())
+    assert model_cfg["vision"]["layers"] == 1 and model_cfg["num_frames"] == 4  # --set model.* applied
+    assert json.loads((full / "train_config.json").read_text())["seed"] == 3
+    for name in ("epoch-001", "epoch-002", "epoch-003", "last", "best"):
+        assert (full / name / "model.safetensors").is_file() and (full / name / "config.json").is_file()
+    rows = [json.loads(line) for line in (full / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    steps = [r for r in rows if r["kind"] == "step"]
+    # 3 rooms: one held out for validation, 2 x 4 products x 2 clips = 16 pairs = 4 steps of 4
+    assert [r["step"] for r in epochs] == [4, 8, 12]
+    assert {"txt", "base", "gnn", "reg", "pair"} <= set(steps[0]["losses"])
+    assert all("R@1" in r["val"] and r["val"]["num_queries"] == 8 for r in epochs)
+    best_epoch = max(epochs, key=lambda r: (r["val"]["R@1"], -r["epoch"]))["epoch"]
+    best, chosen = weights(full / "best"), weights(full / f"epoch-{best_epoch:03d}")
+    assert all(torch.equal(best[k], chosen[k]) for k in best)
+
+    out = run_cli(*cli_args(tiny_lpr, part, cache, "--max-steps", "8"))
+    assert "stopped by --max-steps" in out
+    assert not (part / "epoch-003").exists()
+    run_cli("--data", tiny_lpr, "--format", "lpr4m", "--resume", part / "epoch-002")  # settings from the checkpoint
+    a, b = weights(full / "last"), weights(part / "last")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    # not vacuous: the third epoch moved the weights well beyond that tolerance
+    first = weights(full / "epoch-002")
+    assert max((a[k] - first[k]).abs().max().item() for k in a) > 1e-4
+    # the resumed run continued the log (steps 9-12), it did not start over
+    resumed_steps = [json.loads(line)["step"] for line in (part / "log.jsonl").read_text().splitlines()]
+    assert resumed_steps[-1] == 12 and resumed_steps.count(1) == 1
+
+
+def test_cli_rejects_unprefixed_unknown_set_key(tiny_lpr, tmp_path):
+    from typer.testing import CliRunner
+
+    from sgmn.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--data", str(tiny_lpr), "--model", "sgmn-tiny", "--out", str(tmp_path / "r"), "--set", "layers=2"])
+    assert result.exit_code != 0
+    assert "prefix the key" in result.output and "layers" in result.output
+
+
+def test_validation_holds_out_whole_rooms_deterministically(tiny_lpr):
+    from sgmn.data.readers import read_dataset
+
+    data = read_dataset(tiny_lpr, "lpr4m")
+    split, name = split_validation(data, TrainConfig(val_fraction=0.34))
+    again, _ = split_validation(data, TrainConfig(val_fraction=0.34, seed=99))
+    assert name == "val" and split.splits["val"] == again.splits["val"]
+    train_rooms = {split.clips[c].room_id for c in split.splits["train"]}
+    val_rooms = {split.clips[c].room_id for c in split.splits["val"]}
+    assert len(val_rooms) == 1 and not (train_rooms & val_rooms)
+    assert sorted(split.splits["train"] + split.splits["val"]) == sorted(data.splits["train"])
+    assert split.splits["test"] == data.splits["test"]
+    assert split_validation(data, TrainConfig(val_fraction=0.0))[1] is None
