@@ -343,15 +343,17 @@ class Retriever:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         validate_id(room, "room id")
-        if create_room:
-            self.store.create_room(room, exist_ok=True)
-        elif not self.store.has_room(room):
+        if not create_room and not self.store.has_room(room):
             raise NotFound(f"unknown room {room!r} in store {self.store.root}")
         report = AddReport()
+        # every image is decoded before anything is written: a failure under "raise" leaves
+        # the store (and the room list) as it was
         prepared = self._prepare(items, on_error, report)
         existing = [p.product_id for p in prepared if self.store.has_product(room, p.product_id)]
         if existing and not replace:
             raise AlreadyExists(f"products already in room {room!r}: {existing} (use replace=True or update_product)")
+        if create_room:
+            self.store.create_room(room, exist_ok=True)
         self._write(room, prepared, report)
         return report
 

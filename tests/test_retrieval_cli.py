@@ -1,0 +1,128 @@
+"""`sgmn index` / `sgmn query` end to end with a tiny saved model, images and an mp4."""
+
+import json
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import sgmn
+from sgmn.cli import app
+
+
+def _img(seed, size=(40, 32)):
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.integers(0, 255, 3) + rng.integers(-40, 40, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    return sgmn.create_model("sgmn-tiny").save_pretrained(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture()
+def shop(tmp_path):
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    for i in range(3):
+        Image.fromarray(_img(i)).save(shop / f"p{i}.jpg")
+    (shop / "p3").mkdir()  # a product with two images
+    Image.fromarray(_img(3)).save(shop / "p3" / "a.png")
+    Image.fromarray(_img(4)).save(shop / "p3" / "b.png")
+    (shop / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    (shop / "bad id.jpg").write_bytes((shop / "p0.jpg").read_bytes())
+    titles = tmp_path / "titles.tsv"
+    titles.write_text("p0\tred silk dress\np3\twhite sneakers\n")
+    return shop, titles
+
+
+def Retriever_rooms(store):
+    from sgmn.retrieval import Retriever
+
+    with Retriever.open(store) as r:
+        return r.list_rooms()
+
+
+def _video(path, n=5):
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        for i in range(n):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(_img(50 + i, (48, 32)), format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
+def test_index_then_query_table_and_json(tmp_path, checkpoint, shop):
+    shop_dir, titles = shop
+    store = tmp_path / "store"
+    runner = CliRunner()
+    args = ["index", "--checkpoint", str(checkpoint), "--store", str(store), "--room", "live-1",
+            "--shop", str(shop_dir), "--titles", str(titles)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "room live-1: 4 added, 0 updated, 0 removed, 2 skipped; 4 product(s) in the room" in res.output
+    assert "broken.jpg" in res.output and "bad id" in res.output  # bad items reported by name
+
+    clip = _video(tmp_path / "clip.mp4")
+    res = runner.invoke(app, ["query", "--checkpoint", str(checkpoint), "--store", str(store), "--room", "live-1",
+                              "--clip", str(clip), "--asr", "red silk dress", "--top-k", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["asr"] == "red silk dress" and len(out["hits"]) == 3
+    scores = [h["score"] for h in out["hits"]]
+    assert scores == sorted(scores, reverse=True)
+    assert {h["product_id"] for h in out["hits"]} <= {"p0", "p1", "p2", "p3"}
+
+    # the same query through the Python API gives the same ranking
+    from sgmn.retrieval import Retriever
+
+    with Retriever.open(store) as r:
+        direct = r.query("live-1", clip, asr="red silk dress", top_k=3)
+    assert [h["product_id"] for h in out["hits"]] == [h.product_id for h in direct.hits]
+
+    # table output; the checkpoint is remembered by the store
+    res = runner.invoke(app, ["query", "--store", str(store), "--room", "live-1", "--clip", str(clip)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert "ASR: (none)" in lines[0] and len(lines) == 2 + 4
+    assert "white sneakers" in res.output
+
+    # re-indexing updates; --prune removes products no longer in the folder
+    (shop_dir / "p1.jpg").unlink()
+    res = runner.invoke(app, args + ["--prune"])
+    assert res.exit_code == 0, res.output
+    assert "0 added, 3 updated, 1 removed" in res.output and "3 product(s)" in res.output
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, checkpoint, shop):
+    shop_dir, titles = shop
+    store = tmp_path / "store"
+    runner = CliRunner()
+    res = runner.invoke(app, ["index", "--checkpoint", str(checkpoint), "--store", str(store), "--room", "../x",
+                              "--shop", str(shop_dir)])
+    assert res.exit_code == 1 and "room id" in res.output and not (tmp_path / "x").exists()
+    res = runner.invoke(app, ["index", "--checkpoint", str(checkpoint), "--store", str(store), "--room", "r",
+                              "--shop", str(tmp_path / "missing")])
+    assert res.exit_code == 1 and "missing" in res.output
+    res = runner.invoke(app, ["index", "--checkpoint", str(checkpoint), "--store", str(store), "--room", "r",
+                              "--shop", str(shop_dir), "--on-error", "raise"])
+    assert res.exit_code == 1 and "'bad id'" in res.output  # the first bad product (sorted ids)
+    (shop_dir / "bad id.jpg").unlink()
+    res = runner.invoke(app, ["index", "--checkpoint", str(checkpoint), "--store", str(store), "--room", "r",
+                              "--shop", str(shop_dir), "--on-error", "raise"])
+    assert res.exit_code == 1 and "broken.jpg" in res.output and "r" not in Retriever_rooms(store)
+    runner.invoke(app, ["index", "--checkpoint", str(checkpoint), "--store", str(store), "--room", "r",
+                        "--shop", str(shop_dir)])
+    res = runner.invoke(app, ["query", "--store", str(store), "--room", "nope", "--clip", str(shop_dir / "p0.jpg")])
+    assert res.exit_code == 1 and "error:" in res.output
+    res = runner.invoke(app, ["query", "--store", str(store), "--room", "nope", "--clip", str(_video(tmp_path / "c.mp4"))])
+    assert res.exit_code == 1 and "unknown room 'nope'" in res.output
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 64)
+    res = runner.invoke(app, ["query", "--store", str(store), "--room", "r", "--clip", str(bad)])
+    assert res.exit_code == 1 and "bad.mp4" in res.output
