@@ -30,19 +30,33 @@ from sgmn.train.distributed import all_gather_no_grad, all_gather_with_grad
 
 
 def run_backbone_on_real_frames(
-    backbone: nn.Module, frames: torch.Tensor, frame_mask: torch.Tensor, patch_mask: Optional[torch.Tensor]
+    backbone: nn.Module,
+    frames: torch.Tensor,
+    frame_mask: torch.Tensor,
+    patch_mask: Optional[torch.Tensor],
+    include_padding: bool = False,
 ) -> torch.Tensor:
     """(B,T,3,S,S) frames -> (B,T,N,d) tokens; padded frames are not computed and stay exactly 0.
 
     Skipping padding saves backbone time and guarantees padded pixels cannot reach the output.
+    ``include_padding`` runs the backbone on every frame, as the published code does: with its
+    TDB masking (``temporal_published_mask``) the first padded frame's feature reaches the clip
+    embedding, so reproducing an imported checkpoint's scores needs it.
     """
     B, T = frames.shape[:2]
+    if include_padding:
+        keep = patch_mask.flatten(0, 1) if patch_mask is not None else None
+        return backbone(frames.flatten(0, 1), keep).reshape(B, T, *backbone_token_shape(backbone))
     real = frames[frame_mask]
     keep = patch_mask[frame_mask] if patch_mask is not None else None
     tokens_real = backbone(real, keep)
     tokens = tokens_real.new_zeros(B, T, *tokens_real.shape[1:])
     tokens[frame_mask] = tokens_real
     return tokens
+
+
+def backbone_token_shape(backbone: nn.Module) -> tuple[int, int]:
+    return backbone.config.num_tokens, backbone.embed_dim
 
 
 class LogitScale(nn.Module):
@@ -108,7 +122,9 @@ class SGMN(RetrievalModel):
 
     # ---- the two encoders (shared by training and inference) ---------------------------------
     def _encode_clip_tensors(self, frames, frame_mask, patch_mask, asr_vec, asr_mask) -> dict[str, Any]:
-        tokens = run_backbone_on_real_frames(self.backbone, frames, frame_mask, patch_mask)
+        tokens = run_backbone_on_real_frames(
+            self.backbone, frames, frame_mask, patch_mask, include_padding=self.config.temporal_published_mask
+        )
         cls = tokens[:, :, 0]
         a_raw = a = attention = None
         if self.config.use_text:
