@@ -367,3 +367,29 @@ def test_rice_positives_follow_product_ids_and_clip_meanpool_follows_the_batch_i
     assert not torch.isclose(meanpool(batch)["loss"], rice(batch)["loss"])
     distinct = dict(batch, labels=torch.tensor([0, 1, 2, 3]))
     torch.testing.assert_close(meanpool(distinct)["loss"], rice(distinct)["loss"])
+
+
+def test_tga_on_products_uses_the_title_and_only_then():
+    model = tiny(tga_on_products=True)
+    g = torch.Generator().manual_seed(7)
+    pixels, titles = torch.randn(2, 3, S, S, generator=g), torch.randn(2, DT, generator=g)
+    with_title = model.encode_products(pixels, titles)
+    other_title = model.encode_products(pixels, torch.randn(2, DT, generator=g))
+    no_title = model.encode_products(pixels, None)
+    assert (with_title.embedding - other_title.embedding).abs().max() > 1e-6
+    torch.testing.assert_close(with_title.attention.sum(-1), torch.ones(2))
+    plain = tiny().encode_products(pixels, None)  # same weights (same seed) without product TGA
+    torch.testing.assert_close(no_title.embedding, plain.embedding)
+    model(make_batch())["loss"].backward()
+    assert model.tga_product.query.weight.grad.abs().sum() > 0
+
+
+def test_learnable_logit_scale_is_trained_and_saved(tmp_path):
+    fixed = tiny(use_gci=False, use_smf=False)
+    assert not any("logit_scale" in n for n, _ in fixed.named_parameters())
+    assert not any("logit_scale" in k for k in fixed.state_dict())
+    model = tiny(use_gci=False, use_smf=False, learnable_logit_scale=True, logit_scale=20.0)
+    model(make_batch())["loss"].backward()
+    assert model.logit_scale.log_scale.grad.abs() > 0
+    torch.testing.assert_close(model.logit_scale(), torch.tensor(20.0))
+    assert "logit_scale.log_scale" in model.state_dict()
