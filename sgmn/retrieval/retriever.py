@@ -266,16 +266,19 @@ class Retriever:
 
     @property
     def model(self):
-        if self._model is None:
-            checkpoint = self.store.get_meta("checkpoint")
-            if checkpoint is None:
-                raise NoModel(
-                    f"store {self.store.root} has no model: open it with model=<checkpoint> to add or query"
-                )
-            if not Path(checkpoint).exists():
-                raise NoModel(f"the store's checkpoint {checkpoint} no longer exists: open with model=<checkpoint>")
-            self.set_model(checkpoint)
-        return self._model
+        with self._model_lock:  # two threads must not both load the remembered checkpoint
+            if self._model is None:
+                checkpoint = self.store.get_meta("checkpoint")
+                if checkpoint is None:
+                    raise NoModel(
+                        f"store {self.store.root} has no model: open it with model=<checkpoint> to add or query"
+                    )
+                if not Path(checkpoint).exists():
+                    raise NoModel(
+                        f"the store's checkpoint {checkpoint} no longer exists: open with model=<checkpoint>"
+                    )
+                self.set_model(checkpoint)
+            return self._model
 
     @property
     def fingerprint(self) -> str:
@@ -317,6 +320,12 @@ class Retriever:
 
     def list_products(self, room: str) -> list[ProductRecord]:
         return self.store.list_products(room)
+
+    def count_products(self, room: Optional[str] = None) -> int:
+        """Products in ``room`` (all rooms when None)."""
+        if room is not None and not self.store.has_room(room):
+            raise NotFound(f"unknown room {room!r} in store {self.store.root}")
+        return self.store.count_products(room)
 
     def get_product(self, room: str, product_id: str) -> ProductRecord:
         return self.store.get_product(room, product_id)
