@@ -37,7 +37,6 @@ from sgmn.retrieval.index import (
     IndexConfig,
     VectorIndex,
     best_per_product,
-    exact_search,
     gallery_matrix,
     query_matrix,
 )
