@@ -216,7 +216,7 @@ class SGMN(RetrievalModel):
             vec = torch.zeros(B, dim, device=frame_mask.device)
         mask = batch.get(mask_key)
         if mask is None:
-            mask = torch.zeros(B, dtype=torch.bool, device=frame_mask.device)
+            mask = vec.abs().sum(-1) > 0  # the batch convention: zeros where missing
         return vec, mask.bool()
 
     def _pair_loss(self, clip, prod, patch_mask, v, p, a, t, a_mask, t_mask, labels, g_frame_mask) -> torch.Tensor:
