@@ -589,6 +589,12 @@ def train(
                 text_train = TextVectors(data, "train", encoder)
             if val_split is not None and rank == 0:
                 text_val = TextVectors(data, val_split, encoder)
+        else:
+            from sgmn.data.dataset import NoTextVectors
+
+            # As in evaluation: the model ignores text, so none is encoded (records' strings
+            # without vectors would otherwise be refused by the dataset).
+            text_train = NoTextVectors(mcfg.text.dim)
 
         dataset = TrainPairs(
             data,
