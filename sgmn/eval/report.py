@@ -48,7 +48,7 @@ def loss_plot(records: list[dict]) -> Optional[str]:
     series: dict[str, tuple[list, list]] = {}
     for r in records:
         step = r.get("step")
-        if step is None:
+        if step is None or r.get("kind", "step") != "step":  # epoch rows repeat the averages
             continue
         terms = dict(r.get("losses") or {})
         if "loss" in r and isinstance(r["loss"], (int, float)):
