@@ -63,7 +63,7 @@ PRESETS: dict[str, SynthConfig] = {
                         frames_per_clip=6, image_size=96, distractors=0.1, domain_gap=0.15,
                         fine_grained=0.0, asr_informativeness=0.9, asr_missing=0.0),
     "default": SynthConfig(),
-    "hard": SynthConfig(rooms=12, products_per_room=20, clips_per_product=3, test_clips_per_product=1,
+    "hard": SynthConfig(rooms=12, products_per_room=16, clips_per_product=3, test_clips_per_product=1,
                         distractors=0.9, domain_gap=0.85, fine_grained=0.8, asr_informativeness=0.3,
                         asr_missing=0.15),
 }
@@ -202,13 +202,14 @@ def _asr_text(config: SynthConfig, rng: np.random.Generator, product: SynthProdu
     a = product.attributes
     words = {"category": a["category"], "colour": a["colour"], "pattern": PATTERNS[a["pattern"]],
              "accent": a["accent"], "part": ACCENT_PART[a["category"]], "logo": a["logo"]}
+    chat = [CHIT_CHAT[i] for i in rng.permutation(len(CHIT_CHAT))]  # no sentence said twice
     sentences = []
     for _ in range(int(rng.integers(3, 6))):
         if rng.random() < config.asr_informativeness:
             attribute = str(rng.choice(ATTRIBUTES))
             template = str(rng.choice(INFORMATIVE[attribute]))
         else:
-            template = str(rng.choice(CHIT_CHAT))
+            template = chat.pop()
         sentences.append(template.format(n=int(rng.integers(1, 30)), **words))
     return ". ".join(sentences) + "."
 
@@ -394,7 +395,7 @@ def _draw_hand(image: Image.Image, box: tuple[int, int, int, int], skin, grip: t
     """
     x1, y1, x2, y2 = box
     w, h = x2 - x1, y2 - y1
-    r = max(3, int(0.25 * max(w, h) * (0.6 + strength)))
+    r = max(3, int(max(w, h) * (0.12 + 0.1 * strength)))
     cx, cy = int(x1 + w * grip[0]), int(y2 - h * grip[1])
     d = ImageDraw.Draw(image)
     d.rectangle([cx - r // 2, cy, cx + r // 2, image.height], fill=tuple(int(c * 0.9) for c in skin))  # arm
