@@ -17,7 +17,6 @@ frames are the files named ``<clip_id>-NNNN``.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Iterable, Optional, Union
@@ -27,6 +26,7 @@ from sgmn.data.readers.common import (
     MediaIndex,
     find_annotation,
     live_id_of,
+    load_json_object,
     parse_box,
     parse_list,
     read_tsv_rows,
@@ -284,21 +284,10 @@ def _read_two_columns(path: Path, policy: ErrorPolicy, id_name: str, value_name:
     return out
 
 
-def _load_json_object(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            value = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read JSON ({exc})", file=path) from None
-    if not isinstance(value, dict):
-        raise DataError(f"expected a JSON object, got {type(value).__name__}", file=path)
-    return value
-
-
 def _read_id_lists(path: Path, key_name: str) -> dict[str, list[str]]:
     """{key: [ids]} (a lone string counts as a one-id list); anything else is an error."""
     out: dict[str, list[str]] = {}
-    for key, value in _load_json_object(path).items():
+    for key, value in load_json_object(path).items():
         ids = [value] if isinstance(value, str) else value
         if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
             raise DataError(f"{key_name} {key!r}: expected a list of id strings, got {value!r}", file=path, key=key)
@@ -313,7 +302,7 @@ def _read_frame_boxes(path: Path, policy: ErrorPolicy) -> dict[str, Optional[Box
     frame is left without a box.
     """
     out: dict[str, Optional[Box]] = {}
-    for frame_id, value in _load_json_object(path).items():
+    for frame_id, value in load_json_object(path).items():
         try:
             out[frame_id] = _frame_box(path, frame_id, value)
         except DataError as err:
