@@ -52,6 +52,8 @@ from sgmn.train.config import TrainConfig
 from sgmn.train.optim import build_optimizer, build_scheduler
 
 TRAIN_STATE = "train_state.pt"
+# Fields that shape the data order and the lr schedule: changing them on resume breaks exactness.
+_SCHEDULE_FIELDS = ("epochs", "batch_size", "grad_accum", "lr", "backbone_lr_factor", "warmup_ratio", "seed")
 Validator = Callable[[nn.Module, int], dict]  # (unwrapped model, epoch) -> metrics with "R@1"
 
 
@@ -260,6 +262,13 @@ class Trainer:
         self.micro_in_epoch = state["micro_in_epoch"]
         self.best_metric = state["best_metric"]
         self.history = list(state["history"])
+        saved = state.get("train_config", {})
+        changed = [k for k in _SCHEDULE_FIELDS if k in saved and saved[k] != self.config.to_dict()[k]]
+        if changed and self.is_main:
+            print(
+                f"[sgmn train] resuming {folder} with different {changed} than it was trained with: "
+                "the data order / lr schedule will not continue the original run exactly"
+            )
         rngs = state["rng"]
         if len(rngs) != self.world:
             print(
