@@ -140,6 +140,7 @@ def test_torchrun_cli_smoke(tmp_path):
         "--data", str(data), "--format", "lpr4m", "--model", "sgmn-tiny", "--out", str(run),
         "--epochs", "1", "--max-steps", "2", "--batch-size", "2",
         "--set", "train.num_workers=0", "--set", "train.log_every=1", "--set", "train.val_fraction=0",
+        "--set", "train.grad_accum=2",  # exercises no_sync on the non-final micro-batch
         "--set", "model.vision.layers=1", "--set", "model.num_frames=4",
         "--set", f"train.text_cache_dir={tmp_path / 'text-cache'}",
     ]
