@@ -54,22 +54,23 @@ async function loadRooms(select) {
   await loadProducts();
 }
 
+let productsRequest = 0;  // room changes can overlap: only the latest answer is drawn
+
 async function loadProducts() {
+  const ticket = ++productsRequest;
   const room = $("room").value;
   $("products-room").textContent = room || "—";
-  const list = $("products");
-  list.replaceChildren();
-  if (!room) return;
-  const products = await api("GET", `/rooms/${encodeURIComponent(room)}/products`);
-  for (const p of products) {
+  const products = room ? await api("GET", `/rooms/${encodeURIComponent(room)}/products`) : [];
+  if (ticket !== productsRequest) return;
+  $("products").replaceChildren(...products.map((p) => {
     const remove = element("button", { type: "button", textContent: "delete", title: `delete ${p.product_id}` });
     remove.addEventListener("click", () => deleteProduct(room, p.product_id));
-    list.append(element("li", { className: "product" }, [
+    return element("li", { className: "product" }, [
       element("img", { src: p.image_url, alt: p.product_id }),
       element("span", { textContent: p.title ? `${p.product_id} — ${p.title}` : p.product_id }),
       remove,
-    ]));
-  }
+    ]);
+  }));
 }
 
 async function deleteProduct(room, productId) {
@@ -120,7 +121,7 @@ function renderResults(result) {
   show($("frames-note"), withHeat ? "" : "this model gives no attention maps: frames shown without overlay");
   for (const f of result.frames) {
     const box = element("div", { className: "overlay" }, [
-      element("img", { src: f.image, width: f.width, height: f.height, alt: `frame ${f.index}` }),
+      element("img", { className: "frame-image", src: f.image, alt: `frame ${f.index}` }),
     ]);
     if (f.heatmap) box.append(element("img", { className: "heat", src: f.heatmap, alt: "" }));
     frames.append(element("figure", { className: "frame" }, [box, element("figcaption", { textContent: `frame ${f.index}` })]));
