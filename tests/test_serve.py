@@ -113,8 +113,10 @@ def test_openapi_schema_and_docs_cover_every_endpoint(served):
     assert "get" in paths["/rooms/{room}/products/{product}/image"]
     query_form = paths["/rooms/{room}/query"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in query_form
+    # /docs works offline: served from the package, nothing from a CDN
     docs = client.get("/docs")
-    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert docs.status_code == 200 and "/openapi.json" in docs.text and "/static/docs.js" in docs.text
+    assert "https://" not in docs.text and "https://" not in client.get("/static/docs.js").text
 
 
 def test_page_and_its_assets_are_served_locally(served):
@@ -183,6 +185,26 @@ def test_add_product_stores_every_image_and_serves_them_back(served):
     assert client.delete("/rooms/gallery/products/hat-1").json() == {"room_id": "gallery", "product_id": "hat-1"}
     assert client.get("/rooms/gallery/products").json() == []
     assert client.delete("/rooms/gallery/products/hat-1").status_code == 404
+
+
+def test_untyped_uploads_are_judged_by_their_content(served):
+    """application/octet-stream (a client that does not know the type) passes the type check and
+    is then decoded like any other upload."""
+    client, retriever, _ = served
+    r = client.post(
+        "/rooms/shop/products",
+        data={"product_id": "untyped"},
+        files={"images": ("photo", png_bytes((7, 7, 7)), "application/octet-stream")},
+    )
+    assert r.status_code == 201, r.text
+    assert client.delete("/rooms/shop/products/untyped").status_code == 200
+    r = client.post(
+        "/rooms/shop/products",
+        data={"product_id": "untyped"},
+        files={"images": ("photo", b"\x00" * 64, "application/octet-stream")},
+    )
+    assert r.status_code == 422 and "photo" in r.json()["detail"]
+    assert not retriever.store.has_product("shop", "untyped")
 
 
 def test_corrupt_or_mistyped_product_images_are_refused_by_name(served):

@@ -195,3 +195,13 @@ def test_create_a_room_and_add_a_product_from_the_page(server, page, tmp_path):
     page.click("#add-product")
     expect(page.locator("#manage-error")).to_contain_text("422")
     assert [p.product_id for p in retriever.list_products("evening-show")] == ["scarf-9"]
+
+
+def test_api_docs_render_offline(server, page):
+    url, _, _ = server
+    outside = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((url, "data:")) else None)
+    page.goto(url + "/docs")
+    expect(page.locator(".endpoint h2", has_text="POST /rooms/{room}/query")).to_have_count(1)
+    expect(page.locator(".endpoint", has_text="POST /rooms/{room}/query")).to_contain_text("top_k")
+    assert outside == [], f"/docs fetched something outside the server: {outside}"

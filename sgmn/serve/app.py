@@ -158,6 +158,9 @@ def create_app(retriever: Retriever, settings: Optional[ServeSettings] = None) -
         version=sgmn.__version__,
         description="Livestreaming product retrieval: find the product a live-commerce clip is selling "
         "among the products of the live room's shop.",
+        # Swagger UI and ReDoc load their scripts from a CDN; /docs is served from the package instead
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.state.retriever = retriever
@@ -182,6 +185,10 @@ def create_app(retriever: Retriever, settings: Optional[ServeSettings] = None) -
     @app.get("/", include_in_schema=False)
     def index_page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> FileResponse:
+        return FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

@@ -41,11 +41,17 @@ def _content_type(upload: UploadFile) -> str:
     return (upload.content_type or "").split(";")[0].strip().lower()
 
 
+# Clients that do not know a file's type (curl for an .mp4, say) send this one; the content
+# check that follows still decides.
+UNDECLARED = "application/octet-stream"
+
+
 def require_type(upload: UploadFile, major: str, expected: str) -> str:
-    """Raise :class:`UnsupportedMediaType` unless the part declares ``major/*``; return its name."""
+    """Raise :class:`UnsupportedMediaType` unless the part declares ``major/*`` (or no particular
+    type, :data:`UNDECLARED`); return its display name."""
     name = display_name(upload)
     ctype = _content_type(upload)
-    if not ctype.startswith(major + "/"):
+    if not (ctype.startswith(major + "/") or ctype == UNDECLARED):
         raise UnsupportedMediaType(name, expected, ctype)
     return name
 
