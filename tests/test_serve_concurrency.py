@@ -120,3 +120,21 @@ def test_parallel_queries_and_additions(model, tmp_path):
             assert Image.open(record.main_image).convert("RGB").getpixel((0, 0)) == colour(i)
         hits = reopened.query("live", clip=[np.zeros((24, 24, 3), np.uint8)], top_k=50).hits
         assert {h.product_id for h in hits} == every_id
+
+
+def test_the_same_product_added_at_once_is_added_once(model, tmp_path):
+    with Retriever.open(tmp_path / "store", model=model) as retriever:
+        retriever.create_room("live")
+        with TestClient(create_app(retriever, ServeSettings())) as client:
+
+            def add(i: int):
+                return client.post(
+                    "/rooms/live/products",
+                    data={"product_id": "twin", "title": f"version {i}"},
+                    files={"images": ("t.png", png_bytes(colour(i)), "image/png")},
+                )
+
+            with ThreadPoolExecutor(max_workers=6) as pool:
+                codes = sorted(r.status_code for r in pool.map(add, range(6)))
+        assert codes == [201, 409, 409, 409, 409, 409]
+        assert [p.product_id for p in retriever.list_products("live")] == ["twin"]
