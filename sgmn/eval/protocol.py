@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sgmn.data.records import Clip, LPRData, Product
+from sgmn.model.checkpoint import model_fingerprint
 from sgmn.eval.metrics import DEFAULT_KS, breakdown, chance_recall_at_1, recall_summary
 
 Mode = Literal["video", "frame"]
@@ -61,17 +62,6 @@ def data_fingerprint(data: LPRData, split: str) -> str:
         h.update(clip.clip_id.encode())
         h.update(json.dumps([sorted(clip.product_ids), [str(p) for p in clip.frame_paths], str(clip.video_path), clip.asr]).encode())
         h.update(json.dumps(data.rooms[clip.room_id].product_ids if clip.room_id in data.rooms else []).encode())
-    return h.hexdigest()[:16]
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_dict"):
-        h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -313,7 +303,7 @@ def evaluate(
             "gallery_products": len(product_ids), "gallery_images": len(row_ids),
             "ties": "broken against the ground truth",
         },
-        "model": {"name": model.config.name, "fingerprint": model_fingerprint(model)},
+        "model": {"name": model.config.name, "fingerprint": model_fingerprint(model)[:16]},
         "data": {"source": data.source, "root": str(data.root) if data.root else None,
                  "fingerprint": data_fingerprint(data, split)},
     }

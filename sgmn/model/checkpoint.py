@@ -8,11 +8,12 @@ and ``model.fc_title`` (see docs/checkpoints.md), everything else is reported as
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Union
 
@@ -271,3 +272,17 @@ def import_published_checkpoint(
         report.notes.append("config.temporal_published_mask set to True")
     return report
 
+
+def model_fingerprint(model) -> str:
+    """sha256 of the model's config and weights (lazily attached helpers such as the text
+    encoder are not weights of the model and are left out)."""
+    h = hashlib.sha256()
+    config = model.config.to_dict() if hasattr(model.config, "to_dict") else asdict(model.config)
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith("_text_encoder."):
+            continue
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes, any dtype
+    return h.hexdigest()

@@ -32,6 +32,7 @@ import torch
 
 from sgmn.data.records import Product
 from sgmn.errors import DataError, MediaError
+from sgmn.model.checkpoint import model_fingerprint
 from sgmn.retrieval.errors import AlreadyExists, ModelMismatch, NoModel, NotFound, validate_id
 from sgmn.retrieval.index import (
     IndexConfig,
@@ -106,22 +107,6 @@ class AddReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-# ---- model fingerprint ---------------------------------------------------------------------
-def model_fingerprint(model) -> str:
-    """sha256 of the model's config and weights (lazily attached helpers such as the text
-    encoder are not weights of the model and are left out)."""
-    h = hashlib.sha256()
-    config = model.config.to_dict() if hasattr(model.config, "to_dict") else asdict(model.config)
-    h.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith("_text_encoder."):
-            continue
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes, any dtype
-    return h.hexdigest()
 
 
 # ---- reading query clips -------------------------------------------------------------------
