@@ -254,3 +254,29 @@ def test_global_search_matches_exact_per_room_search(tmp_path, model, shop):
         assert [h.product_id for h in hnsw.hits] == [h.product_id for h in exact]
         r.remove_product("a", exact[0].product_id) if exact[0].room_id == "a" else r.remove_product("b", exact[0].product_id)
         assert exact[0].product_id not in [h.product_id for h in r.search_global(frames, top_k=4).hits if h.room_id == exact[0].room_id]
+
+
+def test_concurrent_additions_of_one_id_add_it_exactly_once(tmp_path, model, shop):
+    from sgmn.retrieval import AlreadyExists
+
+    r = Retriever.open(tmp_path / "s", model=model)
+    r.create_room("room")
+    results, barrier = [], threading.Barrier(4)
+
+    def add(i):
+        barrier.wait()
+        try:
+            r.add_products("room", [("same", [shop[i][1][0]], f"title {i}")])
+            results.append(("ok", i))
+        except AlreadyExists:
+            results.append(("exists", i))
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(kind for kind, _ in results) == ["exists"] * 3 + ["ok"]
+    winner = next(i for kind, i in results if kind == "ok")
+    assert r.get_product("room", "same").title == f"title {winner}"  # never silently replaced
+    r.close()

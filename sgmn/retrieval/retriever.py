@@ -199,6 +199,9 @@ class Retriever:
         self.config = config or RetrieverConfig()
         self._model_lock = threading.RLock()
         self._global_lock = threading.Lock()
+        # "already exists?" and the write must be one step, or two threads adding the same id
+        # would both pass the check and the second would silently replace the first
+        self._write_lock = threading.Lock()
         self._global: Optional[tuple] = None  # (key, VectorIndex, row -> (RoomVectors, product index))
         self._fp_checked: Optional[tuple[int, str]] = None
         self._model = None
@@ -342,12 +345,13 @@ class Retriever:
         # every image is decoded before anything is written: a failure under "raise" leaves
         # the store (and the room list) as it was
         prepared = self._prepare(items, on_error, report)
-        existing = [p.product_id for p in prepared if self.store.has_product(room, p.product_id)]
-        if existing and not replace:
-            raise AlreadyExists(f"products already in room {room!r}: {existing} (use replace=True or update_product)")
-        if create_room:
-            self.store.create_room(room, exist_ok=True)
-        self._write(room, prepared, report)
+        with self._write_lock:
+            existing = [p.product_id for p in prepared if self.store.has_product(room, p.product_id)]
+            if existing and not replace:
+                raise AlreadyExists(f"products already in room {room!r}: {existing} (use replace=True or update_product)")
+            if create_room:
+                self.store.create_room(room, exist_ok=True)
+            self._write(room, prepared, report)
         return report
 
     def update_product(

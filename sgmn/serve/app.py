@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import mimetypes
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -176,11 +175,6 @@ def create_app(retriever: Retriever, settings: Optional[ServeSettings] = None) -
     app.add_exception_handler(ModelMismatch, _error(409))
     app.add_exception_handler(NoModel, _error(503))
 
-    # Retriever.add_products checks "already exists" before it encodes and writes, so two
-    # requests adding the same id at once could both pass the check; additions are serialised
-    # here (they share the model lock anyway) so that the second one reliably gets its 409.
-    add_lock = threading.Lock()
-
     def require_room(room: str) -> str:
         validate_id(room, "room id")
         if not retriever.store.has_room(room):
@@ -242,8 +236,7 @@ def create_app(retriever: Retriever, settings: Optional[ServeSettings] = None) -
             raise HTTPException(422, f"title is longer than {settings.max_title_chars} characters")
         _check_count(images, "images", settings)
         decoded = [uploads.read_image(u, settings.max_image_pixels) for u in images]
-        with add_lock:
-            retriever.add_products(room, [(product_id, decoded, title or None)])
+        retriever.add_products(room, [(product_id, decoded, title or None)])
         return _product_info(request, retriever.get_product(room, product_id))
 
     @app.delete("/rooms/{room}/products/{product}", response_model=ProductDeleted, tags=["products"])
