@@ -161,6 +161,44 @@ def test_text_term_counts_only_pairs_with_text_on_both_sides():
     torch.testing.assert_close(model(batch2)["losses"]["txt"], out["losses"]["txt"])
 
 
+def test_training_forward_takes_positives_and_mined_negatives_by_product_id(monkeypatch):
+    """The unit tests of the losses / mining hold only if forward hands them the product labels."""
+    import sgmn.model.matching as matching
+    from sgmn.model.losses import bidirectional_triplet
+
+    mined = []
+    mine = matching.mine_hard_negatives
+
+    def recording_mine(*args, **kwargs):
+        mined.append(mine(*args, **kwargs))
+        return mined[-1]
+
+    monkeypatch.setattr(matching, "mine_hard_negatives", recording_mine)
+    model = tiny()
+    batch = make_batch()  # labels [0, 1, 0, 2]: clips 0 and 2 show the same product
+    labels = batch["labels"]
+    out = model(batch)["losses"]
+
+    # mining: product 0 may only take clips 1 and 3; clip 2 (same product) is never its negative
+    (negatives,) = mined
+    for product in range(4):
+        chosen = negatives.indices[product][negatives.valid[product]]
+        assert (labels[chosen] != labels[product]).all(), product
+    assert negatives.valid[0].tolist() == [True, True, False]
+
+    # L_base is Trip(v, p) with positives by product id, on the same v, p the inference API gives
+    clips = model.encode_clips(batch["frames"], batch["frame_mask"], batch["patch_mask"],
+                               asr=batch["asr_vec"], asr_mask=batch["asr_mask"])
+    prods = model.encode_products(batch["product_pixels"], batch["title_vec"], batch["title_mask"])
+    by_id = bidirectional_triplet(clips.embedding, prods.embedding, labels)
+    by_index = bidirectional_triplet(clips.embedding, prods.embedding, torch.arange(4))
+    torch.testing.assert_close(out["base"], by_id, atol=1e-5, rtol=0)
+    assert (by_id - by_index).abs() > 1e-3
+    # the graph terms follow the labels too: distinct labels would give another L_gnn
+    distinct = model(dict(batch, labels=torch.arange(4)))["losses"]
+    assert (out["gnn"] - distinct["gnn"]).abs() > 1e-4
+
+
 def test_deterministic_under_a_seed():
     out1 = tiny()(make_batch())
     out2 = tiny()(make_batch())
