@@ -362,20 +362,32 @@ def test_save_and_load_round_trip_gives_identical_scores(tmp_path):
 
 
 def test_rerank_reorders_only_the_top_k_with_the_cross_encoder():
-    model = tiny(rerank_top_k=2)
+    model = tiny(rerank_top_k=3)
     g = torch.Generator().manual_seed(6)
     clips = model.encode_clips(torch.randn(2, 2, 3, S, S, generator=g), asr=torch.randn(2, DT, generator=g),
                                keep_tokens=True)
-    prods = model.encode_products(torch.randn(4, 3, S, S, generator=g), torch.randn(4, DT, generator=g),
+    prods = model.encode_products(torch.randn(5, 3, S, S, generator=g), torch.randn(5, DT, generator=g),
                                   keep_tokens=True)
     base = model.score(clips, prods)
     reranked = model.rerank_scores(clips, prods, base)
+    # the cross encoder's score of every (clip, product) pair, one pair at a time
+    clip_tokens, keep, product_tokens = model._fuse_for_cross_encoder(
+        clips.tokens, clips.frame_mask, clips.patch_mask, clips.text_vector, clips.text_mask,
+        prods.tokens, prods.text_vector, prods.text_mask,
+    )
+    with torch.no_grad():
+        cross = torch.tensor([[float(model.cross(product_tokens[j : j + 1], clip_tokens[i : i + 1], keep[i : i + 1]))
+                               for j in range(5)] for i in range(2)])
     for i in range(2):
-        top = set(base[i].topk(2).indices.tolist())
-        assert set(reranked[i].topk(2).indices.tolist()) == top  # the top-K set is kept
-        rest = [j for j in range(4) if j not in top]
+        top = base[i].topk(3).indices
+        assert set(reranked[i].topk(3).indices.tolist()) == set(top.tolist())  # the top-K set is kept
+        rest = [j for j in range(5) if j not in top.tolist()]
         torch.testing.assert_close(reranked[i, rest], base[i, rest])  # everything else untouched
-        assert sorted(reranked[i, list(top)].tolist()) == sorted(base[i, list(top)].tolist())
+        assert sorted(reranked[i, top].tolist()) == sorted(base[i, top].tolist())
+        # inside the top-K the order is the cross encoder's (here it differs from the base order)
+        by_cross = top[cross[i, top].argsort(descending=True)].tolist()
+        assert reranked[i].topk(3).indices.tolist() == by_cross
+        assert by_cross != top.tolist()
 
 
 # ---- baselines ----------------------------------------------------------------------------------
