@@ -9,6 +9,7 @@ import os
 import av
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -61,6 +62,7 @@ def decode_data_url(url: str, mime: str) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def model():
+    torch.manual_seed(0)  # the same tiny model (and attention maps) on every run
     return sgmn.create_model("sgmn-tiny")
 
 
@@ -277,15 +279,24 @@ def test_heatmap_is_most_opaque_where_attention_is_highest(served, clip_file):
         g = att.shape[0]
         alpha = np.asarray(decode_data_url(frame["heatmap"], "image/png"))[..., 3].astype(float)
         h, w = alpha.shape
-        # alpha at the centre of every attention cell (the mean of the 2x2 pixels around it,
-        # where bilinear upsampling gives back the cell's own value) follows the attention
+        # alpha at the centre of every attention cell: the mean of the 2x2 pixels around it.
+        # Bilinear upsampling mixes into those pixels a little of the neighbouring cells, at most
+        # 1/(2·cell size) of the difference per axis, so a centre can be off its cell's own value
+        # by up to `blend` (plus 8-bit rounding); comparisons allow for exactly that much.
         rows = (np.arange(g) + 0.5) * h / g
         cols = (np.arange(g) + 0.5) * w / g
         rows, cols = np.floor(rows - 0.5).astype(int), np.floor(cols - 0.5).astype(int)
         centres = sum(alpha[rows + dy][:, cols + dx] for dy in (0, 1) for dx in (0, 1)) / 4
-        # the most attended cell is the most opaque one (up to 8-bit rounding)
-        assert centres[np.unravel_index(att.argmax(), att.shape)] >= centres.max() - 1.0
-        assert np.corrcoef(centres.ravel(), att.ravel())[0, 1] > 0.9
+        span = alpha.max() - alpha.min()  # opacity range of the overlay
+        blend = span * (0.5 * g / h + 0.5 * g / w) + 1.0
+        # the most attended cell is (within the blend) the most opaque one
+        assert centres[np.unravel_index(att.argmax(), att.shape)] >= centres.max() - blend
+        # any two cells whose attention differs by more than the blend can hide keep their order
+        level = (att - att.min()) / (att.max() - att.min()) * span
+        a, b = level.ravel(), centres.ravel()
+        clearly_higher = a[:, None] - a[None, :] > 2 * blend
+        assert clearly_higher.any() and (b[:, None] > b[None, :])[clearly_higher].all()
+        assert np.corrcoef(b, a)[0, 1] > 0.9
     assert checked > 0
 
 
