@@ -193,6 +193,21 @@ def test_patch_mask_and_boxes_follow_the_transformed_boxes(data, text):
     assert [round(red_level(f) / 20) for f in batch["frames"][video]] == [0, 2, 4, 6]
 
 
+def test_each_pair_gets_the_boxes_of_its_own_product(data, text):
+    clip = data.clips["c-long"]
+    clip.product_ids = ["p-b", "p-a"]
+    clip.product_boxes = {"p-a": [None] * 6 + [(S / 2, S / 2, S, S)] * 6}  # p-a: bottom-right patch, late
+    pairs = make_pairs(data, text)
+    batch = collate([pairs[i] for i in range(len(pairs))])
+    row = by_pair(batch)
+    b, a = row[("c-long", "p-b")], row[("c-long", "p-a")]
+    # sampled frames 0, 3, 6, 9
+    assert batch["box_mask"][b].tolist() == [True, False, True, False]
+    assert batch["box_mask"][a].tolist() == [False, False, True, True]
+    assert batch["patch_mask"][a][2].tolist() == [True, False, False, False, True]
+    assert batch["patch_mask"][a][0].all()
+
+
 def test_text_vectors_and_masks_missing_text_is_zero_and_false(data, text):
     pairs = make_pairs(data, text)
     batch = collate([pairs[i] for i in range(len(pairs))])

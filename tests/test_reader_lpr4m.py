@@ -101,6 +101,8 @@ def test_reads_training_and_test_splits(tmp_path):
     assert clip.product_ids == [IMG_1, IMG_2]  # two rows merged into one clip
     assert [p.stem for p in clip.frame_paths] == [f"{CLIP_1}-{i:04d}" for i in range(3)]
     assert clip.boxes == [(10.0, 20.0, 110.0, 220.0), None, (12.5, 20.0, 100.0, 200.0)]
+    # each row boxes its own product: IMG_2's all-zero boxes are not replaced by IMG_1's
+    assert clip.boxes_for(IMG_1) == clip.boxes and clip.boxes_for(IMG_2) == [None, None, None]
     assert clip.asr == "look at this red bottle"
     assert clip.attributes == {"scale": "large", "duration": "long", "num_products": "single"}
     assert clip.category == "bottles"
@@ -173,6 +175,28 @@ def test_malformed_row_names_file_and_line_or_is_skipped(tmp_path, kind):
     assert IMG_3 not in data.products  # nothing of the bad row leaks in
     assert data.skipped == {"malformed_row": 1}
     assert data.summary()["skipped"] == {"malformed_row": 1}
+
+
+@pytest.mark.parametrize("column, value", [(1, "frame_paths"), (7, "asr")])
+def test_rows_of_one_clip_that_disagree_are_an_error_or_a_counted_skip(tmp_path, column, value):
+    paths = write_lpr4m(tmp_path)
+    train_file = paths["ann"] / "training_videoinfo_full_3.txt"
+    lines = train_file.read_text().split("\n")
+    cols = lines[1].split("\t")  # CLIP_1's second row (IMG_2)
+    cols[column] = repr(paths["frames1"][:2]) if column == 1 else "another speech"
+    cols[2] = repr([[0, 0, 0, 0]] * (2 if column == 1 else 3))
+    lines[1] = "\t".join(cols)
+    train_file.write_text("\n".join(lines))
+
+    with pytest.raises(DataError, match=f"earlier row with other {value}") as info:
+        read(tmp_path, splits=("train",))
+    assert info.value.file == str(train_file) and info.value.line == 2
+
+    data = read(tmp_path, splits=("train",), on_error="skip")
+    assert data.skipped == {"conflicting_row": 1}
+    clip = data.clips[CLIP_1]  # the first row stands, nothing of the conflicting one is merged
+    assert clip.product_ids == [IMG_1] and len(clip.frame_paths) == 3 and clip.asr == "look at this red bottle"
+    assert IMG_2 not in data.products and data.rooms[LIVE_A].product_ids == [IMG_1]
 
 
 def test_missing_media_is_an_error_or_a_counted_skip(tmp_path):

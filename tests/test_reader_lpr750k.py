@@ -88,6 +88,7 @@ def test_reads_training_and_test(tmp_path):
     assert c1.product_ids == [IMG_1, IMG_2]
     assert c1.frame_paths == [tmp_path / "training_video_00" / p for p in layout["f1"]]
     assert c1.boxes == [(10.0, 20.0, 110.0, 220.0), None, (12.5, 20.0, 100.0, 200.0)]
+    assert c1.boxes_for(IMG_1) == c1.boxes and c1.boxes_for(IMG_2) is None  # its row has no boxes
     assert c1.asr == "this dress is silk" and c1.category == "women's clothing"
     c2 = data.clips[CLIP_2]
     assert c2.asr is None and c2.boxes is None

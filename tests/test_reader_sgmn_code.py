@@ -73,6 +73,7 @@ def test_reads_training_and_test(tmp_path):
     assert c1.frame_paths == [tmp_path / f"frames/live-1_c1/{i}.jpg" for i in range(3)]
     assert c1.frame_sizes == [(720, 1280), (720, 1280), (1080, 720)]
     assert c1.boxes == [(1.0, 2.0, 30.0, 40.0), None, (5.5, 6.0, 7.0, 8.0)]
+    assert c1.boxes_for("item-b") == [None, None, None]  # the second row's own (all-zero) boxes
     assert c1.asr_vector.dtype == np.float32
     np.testing.assert_array_equal(c1.asr_vector, vec(1))
     assert data.clips["live-2_c7"].asr_vector is None

@@ -126,15 +126,17 @@ class _ClipFrames:
         self.video_fps = video_fps
 
     def __call__(
-        self, clip: Clip, truncate: Optional[Callable[[int], int]] = None, use_boxes: bool = True
+        self, clip: Clip, truncate: Optional[Callable[[int], int]] = None, use_boxes: bool = True,
+        product_id: Optional[str] = None,
     ) -> dict[str, Any]:
-        """``truncate(n)``: how many of the ``n`` sampled frames to keep (all when ``None``)."""
+        """``truncate(n)``: how many of the ``n`` sampled frames to keep (all when ``None``);
+        ``product_id``: whose boxes to use when the clip has boxes per ground-truth product."""
         keep_first = None
         if truncate is not None and clip.frame_paths:
             # the sampled count is known before reading: skip reading the frames cut off
             keep_first = truncate(min(len(clip.frame_paths), self.num_frames))
         images, boxes, indices = load_clip_frames(
-            clip, self.num_frames, video_fps=self.video_fps, keep_first=keep_first
+            clip, self.num_frames, video_fps=self.video_fps, keep_first=keep_first, product_id=product_id
         )
         if truncate is not None and not clip.frame_paths:
             # a video's frame count is known only after decoding
@@ -266,7 +268,7 @@ class TrainPairs(_SkippingDataset):
         clip_id, product_id = self.pairs[index]
         clip, product = self.data.clips[clip_id], self.data.products[product_id]
         truncate = (lambda n: self.truncation_keep(index, n)) if self.train else None
-        sample = self.frames(clip, truncate=truncate)
+        sample = self.frames(clip, truncate=truncate, product_id=product_id)
         sample["product_pixels"], _ = self.frames.transform(load_image(product.image_paths[0]))
         dim = self.text.dim
         sample["asr_vec"], sample["asr_mask"] = _text_tensors(*self.text.clip(clip_id), dim, clip_id)

@@ -184,11 +184,13 @@ def load_clip_frames(
     *,
     video_fps: Optional[float] = None,
     keep_first: Optional[int] = None,
+    product_id: Optional[str] = None,
 ) -> tuple[list[Image.Image], list[Optional[Box]], list[int]]:
     """Sampled frames of a clip as RGB images, with their boxes and frame indices.
 
-    Frame-folder clips sample from ``clip.frame_paths`` (boxes from ``clip.boxes``, rescaled when
-    ``clip.frame_sizes`` says the annotated frame had another size than the file). Video clips are
+    Frame-folder clips sample from ``clip.frame_paths`` (boxes of the ground-truth product
+    ``product_id`` from ``clip.boxes_for``, rescaled when ``clip.frame_sizes`` says the annotated
+    frame had another size than the file). Video clips are
     decoded (optionally thinned to ``video_fps`` first); their boxes come from
     ``clip.video_boxes`` by frame index. ``keep_first`` keeps only that many of the sampled frames
     (training-time temporal truncation), without reading the others.
@@ -198,9 +200,10 @@ def load_clip_frames(
         if keep_first is not None:
             indices = indices[:keep_first]
         images, boxes = [], []
+        clip_boxes = clip.boxes_for(product_id)
         for i in indices:
             image = load_image(clip.frame_paths[i])
-            box = clip.boxes[i] if clip.boxes is not None and i < len(clip.boxes) else None
+            box = clip_boxes[i] if clip_boxes is not None and i < len(clip_boxes) else None
             if box is not None and clip.frame_sizes is not None and i < len(clip.frame_sizes):
                 box = _rescale_box(box, clip.frame_sizes[i], image)
             images.append(image)

@@ -8,6 +8,9 @@ Conventions
 - Boxes are ``(x1, y1, x2, y2)`` in pixels of the *original* frame. A frame without a box
   (the source wrote all zeros, or nothing) has ``None``.
 - ``Clip.frame_paths`` and ``Clip.boxes`` are aligned (one box entry per frame) when both exist.
+  ``Clip.boxes`` frame the first ground-truth product; a source that gives boxes per (clip,
+  product) row keeps those of another product in ``Clip.product_boxes`` when they differ
+  (``Clip.boxes_for(product_id)`` picks the right list).
 - A clip may have several correct products (``Clip.product_ids``); an empty list means the clip
   has no ground truth (it can still be queried, but is not counted by the protocol).
 - ``Room.product_ids`` is the gallery a query of that room is ranked against.
@@ -52,6 +55,12 @@ class Clip:
     product_ids: list[str] = field(default_factory=list)  # ground truth, possibly several
     video_boxes: Optional[dict[int, Box]] = None  # MovingFashion tracklet: frame index -> box
     group: Optional[str] = None  # MovingFashion source group
+    # per-frame boxes of a ground-truth product other than the first, when they differ from boxes
+    product_boxes: dict[str, list[Optional[Box]]] = field(default_factory=dict)
+
+    def boxes_for(self, product_id: Optional[str]) -> Optional[list[Optional[Box]]]:
+        """Per-frame boxes of one ground-truth product (``boxes`` unless it has its own)."""
+        return self.product_boxes.get(product_id, self.boxes) if product_id is not None else self.boxes
 
 
 @dataclass(slots=True)

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlparse
 
 from tqdm import tqdm
 
-from sgmn.data.records import Box
+from sgmn.data.records import Box, Clip, LPRData, Product, Room
 from sgmn.errors import DataError, ErrorPolicy
 
 PathLike = Union[str, Path]
@@ -269,6 +269,37 @@ def _add(paths: dict[str, Path], media_id: str, path: Path) -> None:
         paths[media_id] = path
     elif known != path and os.path.realpath(known) != os.path.realpath(path):
         raise DataError(f"id {media_id!r} names two different files: {known} and {path}", file=path)
+
+
+def merge_training_row(data: LPRData, split: list[str], clip: Clip, product: Product, *,
+                       file: PathLike, line: int) -> None:
+    """Add one (clip, product) training row to ``data``; rows of one clip id merge into one clip.
+
+    Training files list one row per (clip, product) pair. Rows of the same clip must agree on its
+    frames and ASR (otherwise which one is right cannot be told: DataError, nothing is merged);
+    their boxes may differ, as each row boxes its own product: boxes differing from the clip's
+    first row are kept in ``Clip.product_boxes`` instead of being dropped.
+    """
+    known = data.clips.get(clip.clip_id)
+    if known is not None:
+        for field_name in ("frame_paths", "asr"):
+            if getattr(known, field_name) != getattr(clip, field_name):
+                raise DataError(f"clip {clip.clip_id!r} was listed on an earlier row with other "
+                                f"{field_name}", file=file, line=line, key=field_name)
+        if product.product_id in known.product_ids and known.boxes_for(product.product_id) != clip.boxes:
+            raise DataError(f"clip {clip.clip_id!r} and product {product.product_id!r} were listed on an "
+                            "earlier row with other boxes", file=file, line=line, key="boxes")
+    if known is None:
+        data.clips[clip.clip_id] = known = clip
+        split.append(clip.clip_id)
+    elif product.product_id not in known.product_ids and clip.boxes != known.boxes:
+        known.product_boxes[product.product_id] = clip.boxes
+    if product.product_id not in known.product_ids:
+        known.product_ids.append(product.product_id)
+    data.products.setdefault(product.product_id, product)
+    room = data.rooms.setdefault(clip.room_id, Room(clip.room_id))
+    if product.product_id not in room.product_ids:
+        room.product_ids.append(product.product_id)
 
 
 # ---------------------------------------------------------------- appended for the LPR750K / SGMN-code readers

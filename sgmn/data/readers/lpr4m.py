@@ -3,7 +3,8 @@
 Layout (docs: /work/shared/spec/data-formats.md §1), annotation names matched by pattern:
 
 - ``training_videoinfo_full_*.txt``: 11 tab-separated columns, see :data:`TRAIN_COLUMNS`.
-  A clip selling several products appears on several rows; they merge into one clip.
+  A clip selling several products appears on several rows; they merge into one clip (each
+  row's boxes kept for its own product; rows disagreeing on frames or ASR: ``conflicting_row``).
 - ``test_videoid_asr_*.txt`` (video_id, ASR), ``test_image_title_*.txt`` (image_id, title),
   ``test_videoid_to_gtimage_*.json``, ``test_frameid2gtbox_*.json`` (optional),
   ``test_liveid_to_gallery_*.json``.
@@ -27,6 +28,7 @@ from sgmn.data.readers.common import (
     find_annotation,
     live_id_of,
     load_json_object,
+    merge_training_row,
     parse_box,
     parse_list,
     read_tsv_rows,
@@ -106,17 +108,10 @@ def _read_train(root: Path, data: LPRData, media: Optional[MediaIndex], policy: 
         except _Skip as err:
             policy.handle(err, err.kind)
             continue
-        known = data.clips.get(clip.clip_id)
-        if known is None:
-            data.clips[clip.clip_id] = clip
-            split.append(clip.clip_id)
-            known = clip
-        if product.product_id not in known.product_ids:
-            known.product_ids.append(product.product_id)
-        data.products.setdefault(product.product_id, product)
-        room = data.rooms.setdefault(clip.room_id, Room(clip.room_id))
-        if product.product_id not in room.product_ids:
-            room.product_ids.append(product.product_id)
+        try:
+            merge_training_row(data, split, clip, product, file=path, line=line_no)
+        except DataError as err:
+            policy.handle(err, "conflicting_row")
     data.splits["train"] = split
 
 

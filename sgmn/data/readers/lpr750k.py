@@ -9,7 +9,8 @@ Layout (spec: data-formats.md §2), annotation names matched by pattern under ``
     annotations/gallery_main.txt                one "live_id/image_file" per line, under gallery/
     query/  gallery/<live_id>/  training_image/  training_video_00 .. training_video_07/
 
-- A clip selling several products has several training rows; they merge into one clip.
+- A clip selling several products has several training rows; they merge into one clip (each
+  row's boxes kept for its own product, see ``merge_training_row``).
 - Training frame paths are relative to the root or to one of the ``training_video_*`` folders
   (shop images: to the root or ``training_image/``); each is looked up in all of them.
 - Image id of a gallery file = the first 5 dash groups of its name; live id of a clip = the first
@@ -19,7 +20,7 @@ Layout (spec: data-formats.md §2), annotation names matched by pattern under ``
 - A ``"gt"`` entry, ``"asr"`` text in ``query_tenframes.json`` is used when present.
 
 Skip kinds: malformed_row, missing_frame, missing_image, no_gallery, missing_gt_image,
-duplicate_clip.
+duplicate_clip, conflicting_row (a row of a clip with other frames or ASR than its first row).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sgmn.data.readers.common import (
     find_annotation,
     live_id_of,
     load_json_object,
+    merge_training_row,
     parse_box,
     parse_list,
     read_tsv_rows,
@@ -100,16 +102,10 @@ def _read_train(root: Path, annotations: Path, data: LPRData, policy: ErrorPolic
         except _Skip as err:
             policy.handle(err, err.kind)
             continue
-        known = data.clips.get(clip.clip_id)
-        if known is None:
-            data.clips[clip.clip_id] = known = clip
-            split.append(clip.clip_id)
-        if product.product_id not in known.product_ids:
-            known.product_ids.append(product.product_id)
-        data.products.setdefault(product.product_id, product)
-        room = data.rooms.setdefault(clip.room_id, Room(clip.room_id))
-        if product.product_id not in room.product_ids:
-            room.product_ids.append(product.product_id)
+        try:
+            merge_training_row(data, split, clip, product, file=path, line=line_no)
+        except DataError as err:
+            policy.handle(err, "conflicting_row")
     data.splits["train"] = split
 
 

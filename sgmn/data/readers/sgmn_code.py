@@ -36,7 +36,8 @@ non-numeric) is a DataError naming file and key, or under ``on_error="skip"`` a 
 ``bad_vector`` whose record is kept without a vector.
 
 Skip kinds: malformed_row, missing_frame, missing_image, bad_vector, no_gallery,
-missing_gt_image, unsupported_file.
+missing_gt_image, unsupported_file, conflicting_row (a row of a clip with other frames than its
+first row).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from sgmn.data.readers.common import (
     PathResolver,
     find_annotation,
     load_json_object,
+    merge_training_row,
     parse_box,
     parse_hw_size,
     parse_list,
@@ -128,19 +130,12 @@ def _read_train(path: Path, resolver: PathResolver, asr: dict, titles: dict, dat
         except _Skip as err:
             policy.handle(err, err.kind)
             continue
-        known = data.clips.get(clip.clip_id)
-        if known is None:
-            clip.asr_vector = asr.get(clip.clip_id)
-            data.clips[clip.clip_id] = known = clip
-            split.append(clip.clip_id)
-        if product.product_id not in known.product_ids:
-            known.product_ids.append(product.product_id)
-        if product.product_id not in data.products:
-            product.title_vector = titles.get(product.product_id)
-            data.products[product.product_id] = product
-        room = data.rooms.setdefault(clip.room_id, Room(clip.room_id))
-        if product.product_id not in room.product_ids:
-            room.product_ids.append(product.product_id)
+        clip.asr_vector = asr.get(clip.clip_id)
+        product.title_vector = titles.get(product.product_id)
+        try:
+            merge_training_row(data, split, clip, product, file=path, line=line_no)
+        except DataError as err:
+            policy.handle(err, "conflicting_row")
     data.splits["train"] = split
 
 
