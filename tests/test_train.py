@@ -244,9 +244,64 @@ def test_nan_loss_stops_with_step_and_terms(tmp_path):
         toy_trainer(tmp_path / "run", model=model).fit()
 
 
+def test_optimizer_is_adamw_with_the_recipe_defaults():
+    opt = build_optimizer(ToyModel(), TrainConfig())
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-6
+    decays = {g["name"]: g["weight_decay"] for g in opt.param_groups}
+    assert decays == {"backbone/decay": 0.2, "backbone/no_decay": 0.0, "new/decay": 0.2, "new/no_decay": 0.0}
+
+
+def record_step_grads(trainer) -> list[dict]:
+    """The gradients each optimiser step applies (after clipping), one dict per step."""
+    seen: list[dict] = []
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+
+    def hook(optimizer, args, kwargs):
+        seen.append({names[id(p)]: p.grad.detach().clone() for g in optimizer.param_groups for p in g["params"] if p.grad is not None})
+
+    trainer.optimizer.register_step_pre_hook(hook)
+    return seen
+
+
+def test_grad_accumulation_applies_the_gradient_of_the_larger_batch(tmp_path):
+    # 2 micro-batches of 4 must step with the gradient of one batch of 8 (mean losses: the
+    # micro-batch losses are divided by grad_accum and summed), the data order being the same.
+    grads = {}
+    for name, batch_size, accum in (("big", 8, 1), ("accum", 4, 2)):
+        torch.manual_seed(0)
+        model = ToyModel()
+        model.dropout.p = 0.0  # the same function whatever the batch split
+        trainer = toy_trainer(tmp_path / name, model=model, batch_size=batch_size, grad_accum=accum, grad_clip=None, epochs=1)
+        grads[name] = record_step_grads(trainer)
+        assert trainer.fit().step == 3
+    assert len(grads["big"]) == len(grads["accum"]) == 3
+    for big, accum in zip(grads["big"], grads["accum"]):
+        assert big.keys() == accum.keys()
+        for key in big:
+            torch.testing.assert_close(accum[key], big[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_grad_clip_bounds_the_applied_gradient_norm(tmp_path):
+    clip = 0.05
+    trainer = toy_trainer(tmp_path / "run", grad_clip=clip, epochs=1)
+    applied = record_step_grads(trainer)
+    trainer.fit()
+    norms = [torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in step.values()])).item() for step in applied]
+    assert len(norms) == 6 and max(norms) <= clip * (1 + 1e-4)
+    # not vacuous: the logged (pre-clip) norms were above the threshold
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    logged = [r["grad_norm"] for r in rows if r["kind"] == "step"]
+    assert len(logged) == 6 and min(logged) > clip
+
+
 def test_bf16_autocast_on_cpu_trains(tmp_path):
-    result = toy_trainer(tmp_path / "run", precision="bf16", epochs=1).fit()
+    model = ToyModel()
+    dtypes = set()
+    model.head.register_forward_hook(lambda module, args, output: dtypes.add(output.dtype))
+    result = toy_trainer(tmp_path / "run", model=model, precision="bf16", epochs=1).fit()
     assert result.step == 6 and math.isfinite(result.last_losses["loss"])
+    assert dtypes == {torch.bfloat16}  # the forward really ran under bf16 autocast
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
         toy_trainer(tmp_path / "run2", precision="fp16")
 
