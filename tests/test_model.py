@@ -337,6 +337,19 @@ def test_bad_inputs_are_refused_with_a_clear_reason():
         model.encode_clips(torch.randn(1, 2, 3, S, S), frame_mask=torch.zeros(1, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="uint8"):
         model.encode_products([np.zeros((8, 8, 3), dtype=np.float32)])
+    with pytest.raises(ValueError, match=r"asr_mask: expected shape \(1,\)"):
+        model.encode_clips(torch.randn(1, 2, 3, S, S), asr=torch.randn(1, DT), asr_mask=torch.ones(3, dtype=torch.bool))
+    # NaN pixels would make the whole embedding NaN: refused, naming the clip and frame / the image
+    frames = torch.randn(2, 3, 3, S, S)
+    frames[1, 2, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"\(1, 2\)"):
+        model.encode_clips(frames)
+    mask = torch.tensor([[True] * 3, [True, True, False]])  # ... unless the frame is padding
+    assert torch.isfinite(model.encode_clips(frames, mask).embedding).all()
+    images = torch.randn(3, 3, S, S)
+    images[2, 1, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"images: pixels of \[2\]"):
+        model.encode_products(images)
 
 
 def test_inference_restores_training_mode():

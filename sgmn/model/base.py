@@ -168,6 +168,7 @@ class RetrievalModel(nn.Module):
                 raise ValueError(f"{what}: expected text vectors of shape ({n}, {dim}), got {tuple(vec.shape)}")
             if mask is None:
                 mask = vec.abs().sum(-1) > 0
+            mask = self._text_mask(mask, n, what)
             if not torch.isfinite(vec[mask.to(dev)]).all():
                 raise ValueError(f"{what}: text vectors contain NaN or inf")
             vec = torch.where(mask.to(dev).unsqueeze(-1), vec, torch.zeros_like(vec))
@@ -180,9 +181,24 @@ class RetrievalModel(nn.Module):
         vecs, has = self.text_encoder.encode(texts)
         has = torch.as_tensor(np.asarray(has), dtype=torch.bool)
         if mask is not None:
-            has = has & mask.cpu().bool()
+            has = has & self._text_mask(mask, n, what).cpu()
         vec = torch.as_tensor(np.asarray(vecs), dtype=torch.float32) * has.unsqueeze(-1)
         return vec.to(dev), has.to(dev)
+
+    @staticmethod
+    def _text_mask(mask, n: int, what: str) -> torch.Tensor:
+        mask = torch.as_tensor(mask)
+        if mask.shape != (n,):
+            raise ValueError(f"{what}_mask: expected shape ({n},), got {tuple(mask.shape)}")
+        return mask.bool()
+
+    @staticmethod
+    def _check_finite(pixels: torch.Tensor, what: str) -> None:
+        """NaN / inf pixels would turn the whole embedding into NaN: refuse them by index."""
+        bad = ~torch.isfinite(pixels).flatten(pixels.ndim - 3).all(dim=-1)
+        if bool(bad.any()):
+            where = [tuple(i) if len(i) > 1 else i[0] for i in bad.nonzero().tolist()][:8]
+            raise ValueError(f"{what}: pixels of {where} contain NaN or inf")
 
     def _clip_inputs(self, frames, frame_mask, patch_mask):
         """Frames as a tensor (B,T,3,S,S) or a list of per-clip lists of images -> padded tensors."""
@@ -223,13 +239,22 @@ class RetrievalModel(nn.Module):
             patch_mask = torch.as_tensor(patch_mask, dtype=torch.bool).to(self.device)
             if patch_mask.shape != (B, T, N):
                 raise ValueError(f"patch_mask: expected ({B}, {T}, {N}), got {tuple(patch_mask.shape)}")
+        # Padded frames may hold anything: they never reach the embedding, except on the published
+        # path (``temporal_published_mask``), which feeds the first padded frame into the TDB.
+        if not self.config.temporal_published_mask:
+            frames_used = torch.where(frame_mask[:, :, None, None, None], frames, 0.0)
+        else:
+            frames_used = frames
+        self._check_finite(frames_used, "frames (clip, frame)")
         return frames, frame_mask, patch_mask
 
     def _product_inputs(self, images) -> torch.Tensor:
         if isinstance(images, torch.Tensor):
             if images.ndim != 4:
                 raise ValueError(f"images: expected (M,3,S,S), got {tuple(images.shape)}")
-            return self._check_pixels(images, "images")
+            pixels = self._check_pixels(images, "images")
+            self._check_finite(pixels, "images")
+            return pixels
         transform = self._image_transform()
         images = list(images)
         if not images:
