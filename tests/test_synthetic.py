@@ -90,6 +90,41 @@ def test_boxes_locate_the_product(tmp_path):
             assert inside > 0.9 * near.sum() - 2  # nearly all product-coloured pixels are in the box
 
 
+def test_distractors_come_from_the_same_shop_and_follow_the_knob(tmp_path):
+    base = dict(rooms=2, products_per_room=5, clips_per_product=2, test_clips_per_product=1,
+                frames_per_clip=1, image_size=32, seed=9)
+    generate(tmp_path / "busy", SynthConfig(distractors=1.0, **base), progress=False)
+    data = read_dataset(tmp_path / "busy", "lpr4m")
+    shown = json.loads((tmp_path / "busy" / "synth_meta.json").read_text())["clips"]
+    assert set(shown) == set(data.clips)
+    for clip_id, clip in data.clips.items():
+        distractors = shown[clip_id]["distractor_ids"]
+        assert shown[clip_id]["product_id"] == clip.product_ids[0]
+        assert distractors and clip.product_ids[0] not in distractors
+        assert set(distractors) <= set(data.rooms[clip.room_id].product_ids)  # other products of its shop
+        assert clip.attributes["num_products"] == "multiple"
+
+    generate(tmp_path / "clean", SynthConfig(distractors=0.0, **base), progress=False)
+    data = read_dataset(tmp_path / "clean", "lpr4m")
+    shown = json.loads((tmp_path / "clean" / "synth_meta.json").read_text())["clips"]
+    assert all(not shown[c]["distractor_ids"] for c in data.clips)
+    assert {c.attributes["num_products"] for c in data.clips.values()} == {"single"}
+
+
+def test_intended_product_moves_across_frames(tmp_path):
+    # No domain gap: no pose jitter, so only the planned path moves the box.
+    config = SynthConfig(rooms=2, products_per_room=3, clips_per_product=2, test_clips_per_product=1,
+                         frames_per_clip=4, image_size=64, distractors=0.0, domain_gap=0.0, seed=4)
+    generate(tmp_path / "m", config, progress=False)
+    data = read_dataset(tmp_path / "m", "lpr4m")
+    moved = 0
+    for clip in data.clips.values():
+        assert all(box is not None for box in clip.boxes)  # without a gap it never leaves the frame
+        centres = np.array([((x1 + x2) / 2, (y1 + y2) / 2) for x1, y1, x2, y2 in clip.boxes])
+        moved += np.linalg.norm(centres[-1] - centres[0]) >= 2
+    assert moved >= 0.75 * len(data.clips)
+
+
 def test_same_seed_is_byte_identical_and_another_seed_differs(tiny, tmp_path):
     root, _ = tiny
     again = tmp_path / "again"

@@ -519,6 +519,8 @@ def generate(out_dir: Union[str, Path], config: Union[SynthConfig, str] = "defau
         "config": asdict(config),
         "products": {p.product_id: {"room_id": p.room_id, "attributes": p.attributes, "title": p.title,
                                     "sibling_of": p.sibling_of, "differs_in": p.differs_in} for p in products},
+        # what each clip shows (the annotations only say what is sold): for checks and debugging
+        "clips": {c.clip_id: {"product_id": c.product_id, "distractor_ids": c.distractor_ids} for c in clips},
     }, indent=1) + "\n", encoding="utf-8")
     split_counts = {split: sum(c.split == split for c in clips) for split in ("train", "test")}
     return {
