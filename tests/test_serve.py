@@ -396,6 +396,36 @@ def test_hostile_ids_in_paths_are_refused(served, bad):
 
 
 # ---- upload limits ----------------------------------------------------------------------
+def test_per_request_limits_files_pixels_and_text_are_422_and_add_nothing(model, tmp_path):
+    settings = ServeSettings(max_files=2, max_image_pixels=30 * 30, max_asr_chars=20, max_title_chars=10)
+    with Retriever.open(tmp_path / "store", model=model) as retriever:
+        retriever.create_room("r")
+        client = TestClient(create_app(retriever, settings))
+
+        def add(pid, images, title=None):
+            files = [("images", (f"{pid}-{i}.png", png_bytes((9, 9, 9), size), "image/png")) for i, size in enumerate(images)]
+            return client.post("/rooms/r/products", data={"product_id": pid, **({"title": title} if title else {})}, files=files)
+
+        r = add("many", [(20, 20)] * 3)
+        assert r.status_code == 422 and "3 files, more than the limit of 2" in r.json()["detail"]
+        r = add("huge", [(20, 20), (31, 30)])  # 930 pixels: one too many rows of 30
+        assert r.status_code == 422
+        assert "huge-1.png" in r.json()["detail"] and "31x30 pixels" in r.json()["detail"]
+        r = add("wordy", [(20, 20)], title="x" * 11)
+        assert r.status_code == 422 and "title is longer than 10" in r.json()["detail"]
+        assert retriever.list_products("r") == []
+        assert add("fits", [(30, 30), (30, 30)], title="x" * 10).status_code == 201  # exactly at every limit
+
+        frames = [("frames", (f"f{i}.png", png_bytes((5, 5, 5), (20, 20)), "image/png")) for i in range(3)]
+        r = client.post("/rooms/r/query", files=frames)
+        assert r.status_code == 422 and "frames: 3 files" in r.json()["detail"]
+        r = client.post("/rooms/r/query", files=frames[:2], data={"asr": "y" * 21})
+        assert r.status_code == 422 and "asr is longer than 20" in r.json()["detail"]
+        r = client.post("/rooms/r/query", files=frames[:2], data={"asr": "y" * 20})
+        assert r.status_code == 200 and [h["product_id"] for h in r.json()["hits"]] == ["fits"]
+        assert [p.product_id for p in retriever.list_products("r")] == ["fits"]
+
+
 def test_oversized_uploads_get_a_clear_413_and_nothing_is_added(model, tmp_path):
     with Retriever.open(tmp_path / "store", model=model) as retriever:
         retriever.create_room("r")
