@@ -492,6 +492,36 @@ def test_hf_folder_with_other_sizes_is_a_clear_error(tmp_path):
         VisionBackbone(small_vision_config(), 16).load_hf_pretrained(tmp_path)
 
 
+def test_vision_pretrained_in_the_config_loads_clip_weights_and_a_saved_model_needs_no_file(tmp_path):
+    import sgmn
+
+    sd = openai_state_dict()
+    weights = tmp_path / "ViT-tiny.pt"
+    torch.save(sd, weights)
+    config = published_config_from_state_dict(published_state_dict()).replace(**{"vision.pretrained": str(weights)})
+    torch.manual_seed(0)
+    model = sgmn.create_model(config)
+    check_backbone_matches_openai(model.backbone, sd)
+    model.save_pretrained(tmp_path / "saved")
+    weights.unlink()  # the saved weights replace the CLIP file: loading must not read it again
+    loaded = sgmn.load_model(tmp_path / "saved")
+    assert loaded.config.vision.pretrained == str(weights)
+    check_backbone_matches_openai(loaded.backbone, sd)
+
+    # a Hugging Face folder goes through the same field
+    torch.manual_seed(0)
+    hf = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**hf_vision_kwargs())).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    sizes = {"vision.image_size": 32, "vision.patch_size": 8, "vision.width": 32, "vision.layers": 2,
+             "vision.heads": 2, "embed_dim": 16, "vision.pretrained": str(tmp_path / "hf")}
+    with pytest.warns(UserWarning, match="proj.weight"):  # a vision-only folder has no projection
+        baseline = sgmn.create_model("clip-meanpool", **sizes).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = baseline.backbone.proj(hf(pixel_values=pixels).pooler_output)
+    torch.testing.assert_close(baseline.backbone(pixels)[:, 0], expected, atol=1e-5, rtol=0)
+
+
 # ---- our own format -----------------------------------------------------------------------------
 
 
