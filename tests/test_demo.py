@@ -29,6 +29,10 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path):
     assert html.count("data:image/png;base64,") >= 2 + len(queries)  # loss + R@k plots + one strip per query
     # the hit/miss marks agree with the rankings file and the ground truth
     data = read_dataset(out / "data", "lpr4m")
+    # the synthetic set is summarised first: rooms, products, clips, frames, boxes
+    summary = data.summary()
+    assert summary["rooms"] > 0 and summary["frames"] > 0 and summary["boxes"] > 0
+    assert json.dumps(summary, indent=2) in res.output
     for qid, mark in re.findall(r"<div class='q'><b>([^<]+)</b> — (HIT|miss)@1", html):
         top = rankings[qid][0][0]
         assert (top in data.clips[qid].product_ids) == (mark == "HIT")
