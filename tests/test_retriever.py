@@ -280,3 +280,32 @@ def test_concurrent_additions_of_one_id_add_it_exactly_once(tmp_path, model, sho
     winner = next(i for kind, i in results if kind == "ok")
     assert r.get_product("room", "same").title == f"title {winner}"  # never silently replaced
     r.close()
+
+
+def test_non_finite_model_outputs_are_refused_never_stored_or_returned(tmp_path, shop, monkeypatch):
+    model = _tiny(2)
+    frames = _frames(3)
+    with Retriever.open(tmp_path / "s", model=model) as r:
+        r.add_products("room", shop[:2], create_room=True)
+        clean = [(h.product_id, h.score) for h in r.query("room", frames, top_k=5).hits]
+        encode_clips, encode_products = model.encode_clips, model.encode_products
+
+        def nan_in_attention(*args, **kwargs):  # embeddings fine, one attention cell NaN
+            emb = encode_clips(*args, **kwargs)
+            emb.attention[0, 0, 0, 0] = float("nan")
+            return emb
+
+        def inf_in_product(*args, **kwargs):
+            emb = encode_products(*args, **kwargs)
+            emb.embedding[-1, 0] = float("inf")
+            return emb
+
+        monkeypatch.setattr(model, "encode_clips", nan_in_attention)
+        with pytest.raises(ValueError, match="query clip: the model produced non-finite"):
+            r.query("room", frames)
+        monkeypatch.setattr(model, "encode_products", inf_in_product)
+        with pytest.raises(ValueError, match="product 'p9': the model produced non-finite"):
+            r.add_products("room", [("p9", shop[2][1], "white sneakers")])
+        monkeypatch.undo()
+        assert [p.product_id for p in r.list_products("room")] == ["p0", "p1"]
+        assert [(h.product_id, h.score) for h in r.query("room", frames, top_k=5).hits] == clean

@@ -448,7 +448,7 @@ class Retriever:
         images = emb.embedding.detach().cpu().float().numpy()
         has_title = bool(emb.text_mask[0])
         title = emb.text_embedding[0].detach().cpu().float().numpy() * has_title
-        _check_finite(images, title, p.product_id)
+        _check_finite(f"product {p.product_id!r}", images, title)
         return ProductVectors(images=images, title=title.astype(np.float32), has_title=has_title)
 
     # ---- queries ---------------------------------------------------------------------------
@@ -460,10 +460,10 @@ class Retriever:
             emb = self.model.encode_clips([frames], asr=[asr], return_attention=True)
         v = emb.embedding.detach().cpu().float().numpy()
         a = emb.text_embedding.detach().cpu().float().numpy() * emb.text_mask.cpu().numpy()[:, None]
-        _check_finite(v, a, "query clip")
         attention = None
         if emb.attention is not None:
             attention = emb.attention[0, : len(frames)].detach().cpu().float().numpy()
+        _check_finite("query clip", v, a, *([] if attention is None else [attention]))
         return _ClipVectors(query_matrix(v, a), frames, list(indices), attention, asr)
 
     def query(self, room: str, clip: ClipInput, asr: Optional[str] = None, top_k: int = 10) -> QueryResult:
@@ -557,6 +557,7 @@ class Retriever:
             return index, rows
 
 
-def _check_finite(a: np.ndarray, b: np.ndarray, what: str) -> None:
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise ValueError(f"{what}: the model produced non-finite embeddings")
+def _check_finite(what: str, *arrays: np.ndarray) -> None:
+    """NaN / inf from the model must never reach scores, the index or attention maps."""
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise ValueError(f"{what}: the model produced non-finite values (embeddings or attention)")
