@@ -1,5 +1,6 @@
 """The per-room protocol on a tiny synthetic set with the real tiny model."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -36,7 +37,7 @@ def test_rankings_are_per_room_sorted_and_gallery_encoded_once(synth, model, mon
         return original(images, *a, **k)
 
     monkeypatch.setattr(model, "encode_products", counting)
-    result = evaluate(model, data, "test", batch_size=3, progress=False)
+    result = evaluate(model, data, "test", batch_size=3, progress=False, return_attention=True)
     test_clips = data.split_clips("test")
     # every product of the queried rooms is encoded exactly once, however many queries there are
     rooms = {c.room_id for c in test_clips}
@@ -52,7 +53,41 @@ def test_rankings_are_per_room_sorted_and_gallery_encoded_once(synth, model, mon
     assert m["num_queries"] == len(test_clips)
     assert m["protocol"]["gallery_products"] == sum(calls)
     assert 0.0 <= m["R@1"] <= m["R@3"] <= m["R@5"] <= 100.0
-    assert "category" in m["breakdown"]
+    # per category and per attribute column (the synthetic clips carry LPR4M's three), every query counted once
+    assert {"category", "scale", "duration", "num_products"} <= set(m["breakdown"])
+    for facet, groups in m["breakdown"].items():
+        assert sum(g["num_queries"] for g in groups.values()) == len(test_clips), facet
+    # the text-guided attention map of every query (what the demo report overlays on the frames)
+    g = model.config.vision.image_size // model.config.vision.patch_size
+    assert set(result.attention) == set(result.rankings)
+    for att in result.attention.values():
+        assert att.shape == (model.config.num_frames, g, g) and np.isfinite(att).all() and att.sum() > 0
+
+
+def test_frame_mode_scores_each_causal_window_as_a_clip_of_its_frames(synth, model):
+    data = read_dataset(synth, "lpr4m")
+    clips = data.split_clips("test")
+    result = evaluate(model, data, "test", mode="frame", window=3, progress=False)
+    expected = {f"{c.clip_id}@{t:04d}" for c in clips for t in range(len(c.frame_paths))}
+    assert set(result.rankings) == expected
+    assert result.metrics["num_queries"] == len(expected) and result.metrics["protocol"]["window"] == 3
+    clip = clips[0]
+    last = len(clip.frame_paths) - 1
+    assert last >= 3  # the window then starts after the clip's first frame
+    query = f"{clip.clip_id}@{last:04d}"
+    assert result.ground_truth[query] == clip.product_ids
+    # the same scores as video mode on a clip holding only the window's frames (t-2..t, nothing later)
+    data.clips[clip.clip_id] = dataclasses.replace(
+        clip,
+        frame_paths=clip.frame_paths[last - 2 :],
+        boxes=clip.boxes[last - 2 :] if clip.boxes else None,
+        frame_sizes=clip.frame_sizes[last - 2 :] if clip.frame_sizes else None,
+    )
+    video = dict(evaluate(model, data, "test", progress=False).rankings[clip.clip_id])
+    got = dict(result.rankings[query])
+    assert got.keys() == video.keys()
+    for pid, score in video.items():
+        assert got[pid] == pytest.approx(score, abs=1e-5)
 
 
 def test_scores_equal_the_model_score_of_the_clip_and_product(synth, model):
@@ -147,3 +182,14 @@ def test_eval_cli_writes_metrics_and_rankings(synth, model, tmp_path):
         scores = [s for _, s in ranking]
         assert scores == sorted(scores, reverse=True)
     assert "R@1" in res.output
+
+
+@pytest.mark.parametrize("option, value", [("--mode", "frames"), ("--gallery", "every"), ("--on-error", "ignore")])
+def test_eval_cli_rejects_bad_choices_naming_the_option(synth, tmp_path, option, value):
+    from sgmn.cli import app
+
+    res = CliRunner().invoke(app, ["eval", "--data", str(synth), "--checkpoint", str(tmp_path / "none"),
+                                   "--out", str(tmp_path / "eval"), option, value])
+    assert res.exit_code == 2 and not isinstance(res.exception, ValueError)
+    assert option in res.output and repr(value) in res.output
+    assert not (tmp_path / "eval").exists()

@@ -31,6 +31,11 @@ def register(app: typer.Typer) -> None:
         from sgmn.data.readers import read_dataset
         from sgmn.eval.protocol import evaluate, format_table
 
+        # Checked before the model and the data are loaded, naming the option at fault.
+        for option, value, allowed in (("--mode", mode, ("video", "frame")), ("--gallery", gallery, ("main", "all")),
+                                       ("--on-error", on_error, ("raise", "skip"))):
+            if value not in allowed:
+                raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=option)
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = sgmn.load_model(checkpoint).to(dev)
         dataset = read_dataset(data, format, on_error=on_error)
