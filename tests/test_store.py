@@ -192,3 +192,50 @@ def test_sigkill_mid_writing_loses_nothing_committed(tmp_path):
         referenced = {p for r in records.values() for p in [*r.image_paths, r.vectors_path]}
         assert on_disk == referenced
         assert store.check().orphans_removed == 0
+
+
+_CRASH_AT = textwrap.dedent(
+    """
+    import os, signal, sys, numpy as np
+    from PIL import Image
+    from sgmn.retrieval.store import GalleryStore, NewProduct, ProductVectors
+
+    def vectors(seed):
+        rng = np.random.default_rng(seed)
+        return ProductVectors(rng.standard_normal((1, 4)).astype(np.float32), rng.standard_normal(4).astype(np.float32), True)
+
+    store = GalleryStore(sys.argv[1])
+    store.create_room("live")
+    store.put_products("live", [NewProduct("p", "old", [Image.new("RGB", (8, 8), (255, 0, 0))], vectors(1))], "fp")
+    def die(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+    # before-commit: the new files are written, the transaction is about to start;
+    # after-commit: the new row is committed, the old files are about to be deleted
+    setattr(store, "_transaction" if sys.argv[2] == "before-commit" else "_delete_files", die)
+    store.put_products("live", [NewProduct("p", "new", [Image.new("RGB", (8, 8), (0, 0, 255))], vectors(2))], "fp", replace=True)
+    print("not killed")
+    """
+)
+
+
+@pytest.mark.parametrize("point,title,colour,seed", [("before-commit", "old", (255, 0, 0), 1), ("after-commit", "new", (0, 0, 255), 2)])
+def test_sigkill_at_each_step_of_a_replace_leaves_one_whole_version(tmp_path, point, title, colour, seed):
+    """Killed between writing new files and committing, or between committing and deleting the
+    old files: reopening shows exactly one complete version and removes the other's files."""
+    store_dir = tmp_path / "store"
+    proc = subprocess.run(
+        [sys.executable, "-c", _CRASH_AT, str(store_dir), point],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    leftovers = [p for sub in ("images", "vectors") for p in (store_dir / sub).rglob("*") if p.is_file()]
+    assert len(leftovers) == 4  # both versions' image + vector files are on disk at the crash
+    with GalleryStore(store_dir) as store:
+        assert store.check_report.orphans_removed == 2
+        (record,) = store.list_products("live")
+        assert record.title == title
+        assert Image.open(record.main_image).convert("RGB").getpixel((0, 0)) == colour
+        expected = np.random.default_rng(seed).standard_normal((1, 4)).astype(np.float32)
+        np.testing.assert_array_equal(store.load_vectors(record).images, expected)
+        on_disk = {p for sub in ("images", "vectors") for p in (store_dir / sub).rglob("*") if p.is_file()}
+        assert on_disk == {*record.image_paths, record.vectors_path}
