@@ -184,7 +184,7 @@ def test_eval_cli_writes_metrics_and_rankings(synth, model, tmp_path):
     assert "R@1" in res.output
 
 
-@pytest.mark.parametrize("option, value", [("--mode", "frames"), ("--gallery", "every"), ("--on-error", "ignore")])
+@pytest.mark.parametrize("option, value", [("--format", "lpr5m"), ("--mode", "frames"), ("--gallery", "every"), ("--on-error", "ignore")])
 def test_eval_cli_rejects_bad_choices_naming_the_option(synth, tmp_path, option, value):
     from sgmn.cli import app
 

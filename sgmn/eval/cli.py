@@ -28,12 +28,12 @@ def register(app: typer.Typer) -> None:
         import torch
 
         import sgmn
-        from sgmn.data.readers import read_dataset
+        from sgmn.data.readers import READERS, read_dataset
         from sgmn.eval.protocol import evaluate, format_table
 
         # Checked before the model and the data are loaded, naming the option at fault.
-        for option, value, allowed in (("--mode", mode, ("video", "frame")), ("--gallery", gallery, ("main", "all")),
-                                       ("--on-error", on_error, ("raise", "skip"))):
+        for option, value, allowed in (("--format", format, tuple(READERS)), ("--mode", mode, ("video", "frame")),
+                                       ("--gallery", gallery, ("main", "all")), ("--on-error", on_error, ("raise", "skip"))):
             if value not in allowed:
                 raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=option)
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")

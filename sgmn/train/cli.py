@@ -7,9 +7,10 @@ from typing import Any, Optional
 
 import typer
 
+from sgmn.data.readers import READERS
 from sgmn.train.config import TrainConfig, parse_assignments
 
-FORMATS = ("lpr4m", "lpr750k", "sgmn", "movingfashion", "folders")
+FORMATS = tuple(READERS)  # the reader registry is the one list of data layouts
 
 
 def split_overrides(assignments: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
