@@ -184,6 +184,25 @@ def test_eval_cli_writes_metrics_and_rankings(synth, model, tmp_path):
     assert "R@1" in res.output
 
 
+def test_written_files_are_strict_json_with_null_for_undefined_values(tmp_path):
+    from sgmn.eval.metrics import recall_summary
+    from sgmn.eval.protocol import EvalResult
+
+    # every query missed: no first-hit rank exists, so the median and mean ranks are undefined
+    metrics = recall_summary({"q1": [("p2", 0.5)]}, {"q1": ["p1"], "q2": ["p1"]})
+    metrics["breakdown"] = {"category": {"mug": dict(metrics)}}
+    EvalResult(metrics=metrics, rankings={"q1": [("p2", 0.5)]}).write(tmp_path)
+
+    def refuse(token):
+        raise AssertionError(f"{token} in a JSON file")
+
+    written = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse)
+    assert written["median_rank"] is None and written["mean_rank"] is None
+    assert written["breakdown"]["category"]["mug"]["median_rank"] is None
+    assert written["R@1"] == 0.0 and written["num_missing_predictions"] == 1 and written["num_gt_not_ranked"] == 1
+    assert json.loads((tmp_path / "rankings.json").read_text(), parse_constant=refuse) == {"q1": [["p2", 0.5]]}
+
+
 @pytest.mark.parametrize("option, value", [("--format", "lpr5m"), ("--mode", "frames"), ("--gallery", "every"), ("--on-error", "ignore")])
 def test_eval_cli_rejects_bad_choices_naming_the_option(synth, tmp_path, option, value):
     from sgmn.cli import app

@@ -43,15 +43,28 @@ class EvalResult:
     def write(self, out_dir: str | Path) -> None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(self.metrics, indent=2, default=_json_default))
+        # Strict JSON (other tools read these files): an undefined value (a median rank with no
+        # ranked query, a recall over no query) is written as null, never as NaN.
+        metrics = json.dumps(_finite_or_null(self.metrics), indent=2, default=_json_default, allow_nan=False)
+        (out / "metrics.json").write_text(metrics)
         rankings = {q: [[p, round(float(s), 6)] for p, s in r] for q, r in self.rankings.items()}
-        (out / "rankings.json").write_text(json.dumps(rankings))
+        (out / "rankings.json").write_text(json.dumps(_finite_or_null(rankings), allow_nan=False))
 
 
 def _json_default(o):
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
     raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def _finite_or_null(value):
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
 
 
 # ---------------------------------------------------------------------------- fingerprints
