@@ -12,6 +12,7 @@ factor meant for a pretrained CLIP.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -36,12 +37,16 @@ def run_demo(out: Path, preset: str = "easy", seed: int = 0, model: str = "sgmn-
     out = Path(out)
     t0 = time.time()
     data_dir = out / "data"
-    if not (data_dir / ".complete").exists():
-        typer.echo(f"[1/4] synthesising the '{preset}' preset (seed {seed}) into {data_dir}")
-        generate(data_dir, synth_preset(preset, seed=seed))
-        (data_dir / ".complete").write_text(preset)
+    marker, wanted = data_dir / ".complete", json.dumps({"preset": preset, "seed": seed})
+    if marker.exists() and marker.read_text() == wanted:
+        typer.echo(f"[1/4] reusing the synthetic '{preset}' data (seed {seed}) in {data_dir}")
     else:
-        typer.echo(f"[1/4] reusing synthetic data in {data_dir}")
+        if marker.exists():  # the demo's own data of another preset / seed: replace it
+            typer.echo(f"[1/4] {data_dir} holds other synthetic data ({marker.read_text()}): replacing it")
+            shutil.rmtree(data_dir)
+        typer.echo(f"[1/4] synthesising the '{preset}' preset (seed {seed}) into {data_dir}")
+        generate(data_dir, synth_preset(preset, seed=seed))  # refuses a non-empty folder it did not write
+        marker.write_text(wanted)
     data = read_dataset(data_dir, "lpr4m")
     summary = data.summary()
     typer.echo(json.dumps(summary, indent=2))
@@ -52,6 +57,9 @@ def run_demo(out: Path, preset: str = "easy", seed: int = 0, model: str = "sgmn-
         cfg["epochs"] = epochs
     if max_steps is not None:
         cfg["max_steps"] = max_steps
+    if (run_dir / "log.jsonl").exists():  # a previous demo's run: start afresh, do not append to it
+        typer.echo(f"[2/4] replacing the previous demo run in {run_dir}")
+        shutil.rmtree(run_dir)
     typer.echo(f"[2/4] training {model} into {run_dir} ({cfg})")
     train(data_dir, "lpr4m", model, run_dir, TrainConfig(**cfg))
 

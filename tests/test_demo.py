@@ -36,3 +36,10 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path):
     for qid, mark in re.findall(r"<div class='q'><b>([^<]+)</b> — (HIT|miss)@1", html):
         top = rankings[qid][0][0]
         assert (top in data.clips[qid].product_ids) == (mark == "HIT")
+
+    # a second demo into the same folder reuses the data and replaces the run (its log is not appended to)
+    again = CliRunner().invoke(app, ["demo", "--out", str(out), "--epochs", "1", "--max-steps", "1"])
+    assert again.exit_code == 0, again.output
+    assert "reusing the synthetic 'easy' data" in again.output
+    steps = [json.loads(line)["step"] for line in (out / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1]

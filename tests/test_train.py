@@ -237,6 +237,14 @@ def test_resume_mid_epoch_with_accumulation(tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
 
 
+def test_fresh_run_refuses_a_folder_holding_a_run(tmp_path):
+    toy_trainer(tmp_path / "run", epochs=1).fit()
+    log = (tmp_path / "run" / "log.jsonl").read_text()
+    with pytest.raises(FileExistsError, match=r"already holds a training run .*--resume"):
+        toy_trainer(tmp_path / "run", epochs=1).fit()
+    assert (tmp_path / "run" / "log.jsonl").read_text() == log  # nothing appended
+
+
 def test_nan_loss_stops_with_step_and_terms(tmp_path):
     model = ToyModel()
     model.nan_at_call = 5

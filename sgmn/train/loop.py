@@ -223,6 +223,7 @@ class Trainer:
         self.best_metric: Optional[float] = None
         self.history: list[dict] = []
         self.skipped = 0  # samples dropped by the dataset's skip policy (single process only)
+        self.resumed = False  # set by resume(): only then may out_dir already hold a run
 
     # ---- checkpoints -----------------------------------------------------------------------
     def _state(self) -> dict:
@@ -262,6 +263,7 @@ class Trainer:
         self.micro_in_epoch = state["micro_in_epoch"]
         self.best_metric = state["best_metric"]
         self.history = list(state["history"])
+        self.resumed = True
         saved = state.get("train_config", {})
         changed = [k for k in _SCHEDULE_FIELDS if k in saved and saved[k] != self.config.to_dict()[k]]
         if changed and self.is_main:
@@ -288,6 +290,14 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         cfg = self.config
+        # A fresh run must not continue another run's log.jsonl and checkpoints (the rows of two
+        # runs would interleave); rank 0's answer is shared so that every rank stops together.
+        taken = dist_utils.all_gather_object(self.is_main and not self.resumed and (self.out_dir / "log.jsonl").exists())[0]
+        if taken:
+            raise FileExistsError(
+                f"{self.out_dir} already holds a training run (log.jsonl): continue it with --resume "
+                f"{self.out_dir}, or train into another --out folder"
+            )
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             cfg.save_json(self.out_dir / "train_config.json")
