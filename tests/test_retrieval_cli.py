@@ -126,3 +126,34 @@ def test_cli_errors_are_one_clear_line(tmp_path, checkpoint, shop):
     bad.write_bytes(b"\x00" * 64)
     res = runner.invoke(app, ["query", "--store", str(store), "--room", "r", "--clip", str(bad)])
     assert res.exit_code == 1 and "bad.mp4" in res.output
+
+
+def test_query_a_frame_folder_in_time_order_with_its_asr_file(tmp_path, checkpoint, shop):
+    """`--clip DIR`: frames named as `ffmpeg ... frame_%d.jpg` writes them (frame_2 before
+    frame_10) and the folder's asr.txt; the same ranking as the Python API on the frames in order."""
+    shop_dir, titles = shop
+    store = tmp_path / "store"
+    runner = CliRunner()
+    res = runner.invoke(app, ["index", "--checkpoint", str(checkpoint), "--store", str(store), "--room", "r",
+                              "--shop", str(shop_dir), "--titles", str(titles)])
+    assert res.exit_code == 0, res.output
+    frames = [_img(200 + i, (48, 32)) for i in range(12)]
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i, f in enumerate(frames, 1):
+        Image.fromarray(f).save(folder / f"frame_{i}.png")
+    (folder / "asr.txt").write_text("white sneakers\n")
+    res = runner.invoke(app, ["query", "--store", str(store), "--room", "r", "--clip", str(folder), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    from sgmn.retrieval import Retriever
+
+    with Retriever.open(store) as r:
+        direct = r.query("r", frames, asr="white sneakers", top_k=10)
+        by_folder = r.query("r", folder, asr="white sneakers", top_k=10)
+    assert out["asr"] == "white sneakers" and out["frame_indices"] == direct.frame_indices
+    expected = [h.product_id for h in direct.hits]
+    assert [h["product_id"] for h in out["hits"]] == expected == [h.product_id for h in by_folder.hits]
+    scores = [h.score for h in direct.hits]
+    assert [h["score"] for h in out["hits"]] == pytest.approx(scores, abs=1e-5)
+    assert [h.score for h in by_folder.hits] == pytest.approx(scores, abs=1e-5)

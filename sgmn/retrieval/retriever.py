@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -110,10 +109,6 @@ class AddReport:
 
 
 # ---- reading query clips -------------------------------------------------------------------
-def _natural_key(path: Path):
-    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", path.name)]
-
-
 def _sample(n: int, num_frames: int) -> list[int]:
     from sgmn.data.media import sample_indices
 
@@ -123,20 +118,19 @@ def _sample(n: int, num_frames: int) -> list[int]:
 def load_query_frames(clip: ClipInput, num_frames: int) -> tuple[list[np.ndarray], list[int]]:
     """A query clip as up to ``num_frames`` uniformly sampled HxWx3 uint8 frames (+ indices).
 
-    ``clip``: a video file, a folder of frame images (natural name order), a list of frame
-    paths, or a list of PIL images / arrays (already in time order).
+    ``clip``: a video file, a folder of frame images (natural name order, as ``sgmn query``
+    reads it: :func:`sgmn.data.readers.folders.clip_frames`), a list of frame paths, or a list
+    of PIL images / arrays (already in time order).
     """
     from PIL import Image
 
     from sgmn.data.media import decode_video, load_image
+    from sgmn.data.readers.folders import clip_frames
 
     if isinstance(clip, (str, Path)):
         path = Path(clip)
         if path.is_dir():
-            files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
-            if not files:
-                raise MediaError("folder has no frame images", file=path)
-            clip = files
+            clip = clip_frames(path)
         elif path.suffix.lower() in IMAGE_SUFFIXES:
             clip = [path]
         else:

@@ -6,7 +6,7 @@ Default layout under ``root`` (both paths can be given instead)::
     shop/<product_id>/*.jpg          several images of one product (sorted; the first is the main one)
     shop/titles.tsv | titles.txt     optional "product_id<TAB>title" lines, or titles.json {id: title}
     clips/<clip>.mp4                 a clip as a video file, or
-    clips/<clip>/*.jpg               a clip as a folder of frames (sorted by file name)
+    clips/<clip>/*.jpg               a clip as a folder of frames (natural name order: 2 before 10)
     clips/<clip>.txt                 optional ASR text of a clip (or asr.txt inside a frame folder)
 
 All products form one room ``"shop"``; every clip belongs to it and has no ground truth (split
@@ -21,6 +21,7 @@ The retrieval CLI and the server call :func:`read_shop` and :func:`read_clip` di
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -147,6 +148,23 @@ def _asr_file(path: Path) -> Optional[Path]:
     return found[0] if found else None
 
 
+def _natural_key(path: Path) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def clip_frames(folder: PathLike, *, skipped: Optional[Counter] = None) -> list[Path]:
+    """The frame images of a clip folder in time order: natural name order, so that unpadded
+    numbers (``frame_2`` before ``frame_10``, as ``ffmpeg -i x.mp4 frame_%d.jpg`` writes them)
+    keep their order. ``asr.txt`` is the clip's text; any other non-image file is reported."""
+    folder = Path(folder)
+    entries = [p for p in _visible(folder) if p.name != "asr.txt"]
+    _report([p for p in entries if not _is_image(p)], skipped, f"frame folder {folder}")
+    frames = sorted((p for p in entries if _is_image(p)), key=_natural_key)
+    if not frames:
+        raise DataError("clip folder holds no frame image", file=folder)
+    return frames
+
+
 def read_clip(path: PathLike, asr: Optional[str] = None, *, skipped: Optional[Counter] = None) -> Clip:
     """One clip: a video file or a folder of frames. ``asr`` given -> used as is; otherwise read
     from ``<clip>.txt`` beside it or ``asr.txt`` inside a frame folder (empty text = no ASR)."""
@@ -154,12 +172,7 @@ def read_clip(path: PathLike, asr: Optional[str] = None, *, skipped: Optional[Co
     if _is_video(path):
         clip = Clip(clip_id=path.stem, room_id=ROOM_ID, video_path=path)
     elif path.is_dir():
-        entries = [p for p in _visible(path) if p.name != "asr.txt"]
-        frames = [p for p in entries if _is_image(p)]
-        _report([p for p in entries if not _is_image(p)], skipped, f"frame folder {path}")
-        if not frames:
-            raise DataError("clip folder holds no frame image", file=path)
-        clip = Clip(clip_id=path.name, room_id=ROOM_ID, frame_paths=frames)
+        clip = Clip(clip_id=path.name, room_id=ROOM_ID, frame_paths=clip_frames(path, skipped=skipped))
     elif path.exists():
         raise DataError(f"a clip must be a video ({', '.join(VIDEO_EXTENSIONS)}) or a folder of frames", file=path)
     else:
