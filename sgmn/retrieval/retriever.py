@@ -312,7 +312,8 @@ class Retriever:
         return self.store.get_product(room, product_id)
 
     def remove_product(self, room: str, product_id: str) -> None:
-        self.store.remove_product(room, product_id)
+        with self._write_lock:
+            self.store.remove_product(room, product_id)
 
     def add_products(
         self,
@@ -356,25 +357,27 @@ class Retriever:
         title: Union[str, None, _Keep] = KEEP,
     ) -> None:
         """Replace a product's images and/or title (``None`` removes the title) and re-encode it."""
-        old = self.store.get_product(room, product_id)
-        new_title = old.title if isinstance(title, _Keep) else title
-        new_images = list(images) if images is not None else list(old.image_paths)
-        report = AddReport()
-        prepared = self._prepare([(product_id, new_images, new_title)], "raise", report)
-        self._write(room, prepared, report)
+        with self._write_lock:  # a concurrent remove must not be undone by this write
+            old = self.store.get_product(room, product_id)
+            new_title = old.title if isinstance(title, _Keep) else title
+            new_images = list(images) if images is not None else list(old.image_paths)
+            report = AddReport()
+            prepared = self._prepare([(product_id, new_images, new_title)], "raise", report)
+            self._write(room, prepared, report)
 
     def reindex(self, progress=None) -> int:
         """Recompute every product's vectors with the current model; returns the count."""
         count = 0
         for room in self.store.list_rooms():
-            records = self.store.list_products(room)
-            todo = [r for r in records if r.fingerprint != self.fingerprint]
-            if not todo:
-                continue
-            prepared = self._prepare(
-                [(r.product_id, list(r.image_paths), r.title) for r in todo], "raise", AddReport()
-            )
-            self._write(room, prepared, AddReport(), allow_other_models=True)
+            with self._write_lock:  # one room at a time, so removals and updates interleave safely
+                records = self.store.list_products(room)
+                todo = [r for r in records if r.fingerprint != self.fingerprint]
+                if not todo:
+                    continue
+                prepared = self._prepare(
+                    [(r.product_id, list(r.image_paths), r.title) for r in todo], "raise", AddReport()
+                )
+                self._write(room, prepared, AddReport(), allow_other_models=True)
             count += len(todo)
             if progress is not None:
                 progress(room, len(todo))
