@@ -212,3 +212,40 @@ def test_eval_cli_rejects_bad_choices_naming_the_option(synth, tmp_path, option,
     assert res.exit_code == 2 and not isinstance(res.exception, ValueError)
     assert option in res.output and repr(value) in res.output
     assert not (tmp_path / "eval").exists()
+
+
+def test_rerank_top_k_in_the_config_reorders_each_querys_top_k(synth, model, monkeypatch):
+    data = read_dataset(synth, "lpr4m")
+    plain = evaluate(model, data, "test", progress=False)
+    k = 3
+    monkeypatch.setattr(model.config, "rerank_top_k", k)
+    calls = []
+
+    def reverse_top_k(clips, products, scores=None, top_k=None):  # a stand-in re-ranker with a known order
+        calls.append(scores.shape)
+        values, idx = scores.topk(k, dim=1)
+        out = scores.clone()
+        out.scatter_(1, idx.flip(1), values)
+        return out
+
+    monkeypatch.setattr(model, "rerank_scores", reverse_top_k)
+    reranked = evaluate(model, data, "test", progress=False)
+    assert calls and reranked.metrics["protocol"]["rerank_top_k"] == k
+    for q, ranking in plain.rankings.items():
+        ids = [p for p, _ in ranking]
+        new_ids = [p for p, _ in reranked.rankings[q]]
+        assert new_ids[:k] == ids[:k][::-1]  # the re-ranker's order decides the top K
+        assert new_ids[k:] == ids[k:]  # everything below is untouched
+
+
+def test_real_rerank_runs_in_evaluation(synth):
+    torch.manual_seed(0)
+    model = sgmn.create_model("sgmn-tiny", rerank_top_k=3).eval()
+    data = read_dataset(synth, "lpr4m")
+    result = evaluate(model, data, "test", progress=False)
+    model.config.rerank_top_k = 0
+    plain = evaluate(model, data, "test", progress=False)
+    for q, ranking in result.rankings.items():
+        top = sorted(s for _, s in ranking[:3])
+        assert top == pytest.approx(sorted(s for _, s in plain.rankings[q][:3]), abs=1e-5)  # same K values
+        assert {p for p, _ in ranking[:3]} == {p for p, _ in plain.rankings[q][:3]}  # same top-K set

@@ -193,11 +193,20 @@ def encode_queries(model, clips: list[Clip], data: LPRData, *, text, batch_size:
     return ids, (_cat(parts) if parts else None), skipped
 
 
-def _to_cpu(emb):
+def _to(emb, device, float32: bool = False):
+    """Move every tensor field of an embedding dataclass; masks keep their bool dtype."""
+    def move(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().to(device)
+        return t.float() if float32 and t.is_floating_point() else t
+
     return dataclasses.replace(
-        emb, **{f.name: getattr(emb, f.name).detach().float().cpu() if f.name != "text_mask" else getattr(emb, f.name).cpu()
-                for f in dataclasses.fields(emb) if isinstance(getattr(emb, f.name), torch.Tensor)}
+        emb, **{f.name: move(getattr(emb, f.name)) for f in dataclasses.fields(emb)
+                if isinstance(getattr(emb, f.name), torch.Tensor)}
     )
+
+
+def _to_cpu(emb):
+    return _to(emb, "cpu", float32=True)
 
 
 def _cat(parts):
@@ -269,6 +278,7 @@ def evaluate(
     )
     q_index = {q: i for i, q in enumerate(q_ids)}
 
+    rerank = getattr(model.config, "rerank_top_k", 0) > 0 and hasattr(model, "rerank_scores")
     rankings: dict[str, list[tuple[str, float]]] = {}
     ground_truth: dict[str, list[str]] = {}
     gallery_sizes: dict[str, int] = {}
@@ -287,7 +297,11 @@ def evaluate(
         if not present or not rows:
             continue
         qi = [q_index[q.clip_id] for q in present]
-        scores = model.score(_take(q_emb, qi), _take(prod_emb, rows)).float().numpy()
+        clips_e, prods_e = _take(q_emb, qi), _take(prod_emb, rows)
+        scores_t = model.score(clips_e, prods_e)
+        if rerank:  # optional SMF re-ranking of each query's top-K (config.rerank_top_k)
+            scores_t = model.rerank_scores(_to(clips_e, device), _to(prods_e, device), scores=scores_t.to(device)).cpu()
+        scores = scores_t.float().numpy()
         for q, s in zip(present, scores):
             best: dict[str, float] = {}
             for owner, value in zip(row_owner, s.tolist()):  # "all" gallery: a product's best image
@@ -315,6 +329,7 @@ def evaluate(
             "num_frames": model.config.num_frames, "rooms": len(room_ids),
             "gallery_products": len(product_ids), "gallery_images": len(row_ids),
             "ties": "broken against the ground truth",
+            "rerank_top_k": model.config.rerank_top_k if rerank else 0,
         },
         "model": {"name": model.config.name, "fingerprint": model_fingerprint(model)[:16]},
         "data": {"source": data.source, "root": str(data.root) if data.root else None,
