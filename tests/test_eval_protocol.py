@@ -249,3 +249,25 @@ def test_real_rerank_runs_in_evaluation(synth):
         top = sorted(s for _, s in ranking[:3])
         assert top == pytest.approx(sorted(s for _, s in plain.rankings[q][:3]), abs=1e-5)  # same K values
         assert {p for p, _ in ranking[:3]} == {p for p, _ in plain.rankings[q][:3]}  # same top-K set
+
+
+def test_innersource_ranks_only_products_of_the_querys_source_group(synth, model):
+    data = read_dataset(synth, "lpr4m")
+    # MovingFashion-style groups: half of each room's products (and their clips) are "hard"
+    for room in data.rooms.values():
+        for i, pid in enumerate(room.product_ids):
+            data.products[pid].group = "hard" if i % 2 else "regular"
+    for clip in data.clips.values():
+        clip.group = data.products[clip.product_ids[0]].group
+    allsource = evaluate(model, data, "test", progress=False)
+    inner = evaluate(model, data, "test", same_group_only=True, progress=False)
+    assert inner.metrics["protocol"]["gallery_scope"].startswith("same source group")
+    for q, ranking in inner.rankings.items():
+        group = data.clips[q].group
+        assert {data.products[p].group for p, _ in ranking} == {group}
+        # the same scores as in the all-source ranking, restricted to the group
+        full = dict(allsource.rankings[q])
+        for p, s in ranking:
+            assert s == pytest.approx(full[p], abs=1e-5)
+        assert len(ranking) < len(full)
+    assert set(inner.metrics["breakdown"]["group"]) == {"regular", "hard"}  # reported separately

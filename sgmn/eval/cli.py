@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)"),
         num_workers: int = typer.Option(0, "--num-workers"),
         on_error: str = typer.Option("raise", "--on-error", help="raise | skip (unreadable queries count as misses)"),
+        innersource: bool = typer.Option(False, "--innersource", help="MovingFashion: rank only against products of the query's own source group (default: allsource)"),
     ):
         """Evaluate a checkpoint with the per-room protocol (R@1/3/5/10, ranks, breakdowns)."""
         import torch
@@ -40,7 +41,7 @@ def register(app: typer.Typer) -> None:
         model = sgmn.load_model(checkpoint).to(dev)
         dataset = read_dataset(data, format, on_error=on_error)
         result = evaluate(model, dataset, split=split, mode=mode, gallery=gallery, batch_size=batch_size,
-                          device=dev, num_workers=num_workers, on_error=on_error)
+                          device=dev, num_workers=num_workers, on_error=on_error, same_group_only=innersource)
         result.metrics["model"]["checkpoint"] = str(checkpoint)
         if dataset.skipped:
             result.metrics["data"]["skipped_while_reading"] = dict(dataset.skipped)

@@ -238,6 +238,7 @@ def evaluate(
     num_workers: int = 0,
     on_error: str = "raise",
     window: int = 10,
+    same_group_only: bool = False,
     ks=DEFAULT_KS,
     return_attention: bool = False,
     progress: bool = True,
@@ -283,11 +284,14 @@ def evaluate(
     ground_truth: dict[str, list[str]] = {}
     gallery_sizes: dict[str, int] = {}
     attention: dict[str, np.ndarray] = {}
-    by_room: dict[str, list[Clip]] = {}
+    # A gallery is a room's products; with same_group_only (MovingFashion "innersource") only
+    # those of the query's own source group.
+    by_gallery: dict[tuple[str, Optional[str]], list[Clip]] = {}
     for q in queries:
-        by_room.setdefault(q.room_id, []).append(q)
-    for room_id, room_queries in by_room.items():
-        room_products = data.rooms[room_id].product_ids
+        by_gallery.setdefault((q.room_id, q.group if same_group_only else None), []).append(q)
+    for (room_id, group), room_queries in by_gallery.items():
+        room_products = [p for p in data.rooms[room_id].product_ids
+                         if not same_group_only or data.products[p].group == group]
         rows = [i for p in room_products for i in rows_of.get(p, [])]
         row_owner = [p for p in room_products for _ in rows_of.get(p, [])]
         present = [q for q in room_queries if q.clip_id in q_index]
@@ -326,6 +330,7 @@ def evaluate(
         "breakdown": breakdown(rankings, ground_truth, facets, ks),
         "protocol": {
             "split": split, "mode": mode, "gallery": gallery, "window": window if mode == "frame" else None,
+            "gallery_scope": "same source group (innersource)" if same_group_only else "room",
             "num_frames": model.config.num_frames, "rooms": len(room_ids),
             "gallery_products": len(product_ids), "gallery_images": len(row_ids),
             "ties": "broken against the ground truth",
