@@ -1,0 +1,25 @@
+"""The synthetic-data timing benchmark runs (smoke mode) and measures what it says."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import data_speed  # noqa: E402
+
+
+def test_measure_counts_what_was_generated_and_times_it():
+    row = data_speed.measure("easy", {"rooms": 1, "products_per_room": 2, "clips_per_product": 1, "frames_per_clip": 3})
+    assert row["products"] == 2
+    assert row["clips"] == 2 * (1 + 1)  # one train and one test clip per product
+    assert row["frames"] == row["clips"] * 3
+    assert row["generate_s"] > 0 and row["read_s"] > 0
+    assert row["frames_per_s"] == row["frames"] / row["generate_s"]
+
+
+def test_smoke_mode_exits_zero_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    doc = tmp_path / "benchmarks.md"
+    monkeypatch.setattr(data_speed.common, "DOC", doc)
+    assert data_speed.main(["--smoke"]) == 0
+    assert "generate (wall s)" in capsys.readouterr().out
+    assert not doc.exists()
