@@ -177,7 +177,7 @@ def run_one(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path) -> dict:
                                   sort_keys=True, default=str).encode()).hexdigest()[:16]
     cached = out / "results" / f"{key}.json"
     if cached.exists():
-        return json.loads(cached.read_text())
+        return {**json.loads(cached.read_text()), "from_cache": True}
 
     # Text vectors are shared by every run through one content-keyed cache.
     overrides = dict(spec.overrides_dict(), **{"text.cache_dir": str(out / "text-cache")})
@@ -209,7 +209,7 @@ def run_one(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path) -> dict:
     print(f"[run] {spec.label:<14} {data_key(synth)} ({result.step} steps, {train_s:.1f} s): "
           f"R@1 {row['R@1']:.1f}  R@5 {row['R@5']:.1f}  R@10 {row['R@10']:.1f}  (chance {row['chance_R@1']:.1f})",
           flush=True)
-    return row
+    return {**row, "from_cache": False}
 
 
 # ---------------------------------------------------------------- statistics
@@ -320,8 +320,13 @@ def render(cfg: AccuracyConfig, main_rows: list[dict], knob_rows: list[dict], in
     presets = cfg.presets
     models = [m.label for m in cfg.models]
     stats = summarise(main_rows, ("preset", "model"))
+    runs = {(r["data"], r["model"]): r for r in main_rows + knob_rows}
+    fresh = {(r["data"], r["model"]) for r in main_rows + knob_rows if not r.get("from_cache")}
+    reuse = "" if len(fresh) == len(runs) else (
+        f"; {len(runs) - len(fresh)} of the {len(runs)} runs were read from the results cache of an earlier run")
     out = [f"## Accuracy on the synthetic presets ({cfg.mode} mode)", "",
-           f"Command: `{command}` — finished in {seconds / 60:.1f} min.", "", common.machine_markdown(info), ""]
+           f"Command: `{command}` — finished in {seconds / 60:.1f} min ({len(fresh)} training runs{reuse}).", "",
+           common.machine_markdown(info), ""]
     train_cfg = TrainConfig(**cfg.train)
     out += [
         "Every model is trained from **random weights** (no CLIP weights can be downloaded here) on the "
@@ -355,7 +360,12 @@ def render(cfg: AccuracyConfig, main_rows: list[dict], knob_rows: list[dict], in
         table.append([m] + [pm(stats[(p, m)][k]) for p in presets for k in ("R@1", "R@5", "R@10")])
     table.append(["chance (R@1)"] + [x for p in presets
                                      for x in (f"{mean_std(stats[(p, models[0])]['chance_R@1'])[0]:.1f}", "", "")])
-    out += ["### SGMN vs baselines and ablations", "", common.markdown_table(headers, table), ""]
+    out += ["### SGMN vs baselines and ablations", ""]
+    if cfg.mode != "full":
+        out += [f"**{cfg.mode.capitalize()} mode trains each model for only a few dozen steps on a few dozen test "
+                "queries per preset: differences of a few points are within the noise. Use the full mode "
+                "(`python benchmarks/accuracy.py`, more seeds and epochs) before drawing conclusions.**", ""]
+    out += [common.markdown_table(headers, table), ""]
     if any(r["gallery_products"] / max(1, r["synth"]["rooms"]) <= 10 for r in main_rows):
         out += ["R@10 is 100 by construction where a room has 10 products or fewer.", ""]
     if plots.get("models"):
@@ -372,7 +382,7 @@ def render(cfg: AccuracyConfig, main_rows: list[dict], knob_rows: list[dict], in
                 "the same product in a batch face two *identical* product columns, and InfoNCE with "
                 "label positives (RICE) then equals InfoNCE with batch-index positives (CLIP4Clip). The two differ "
                 "only when a product's images differ (several images or augmentation).", ""]
-    train_s = list({(r["data"], r["model"]): r["train_s"] for r in main_rows + knob_rows}.values())
+    train_s = [r["train_s"] for r in runs.values()]
     out += [f"Training took {statistics.fmean(train_s):.1f} s per run on average ({len(train_s)} distinct runs).", ""]
 
     if knob_rows:
@@ -458,13 +468,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     group.add_argument("--smoke", action="store_true", help="about a minute; for the test suite")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the mode's seeds (>= 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--verbose", action="store_true", help="show the training progress bars")
     parser.add_argument("--doc", type=Path, default=common.DOC, help="markdown file to write the section into")
     parser.add_argument("--img-dir", type=Path, default=common.IMG_DIR)
     parser.add_argument("--out", type=Path, default=common.OUT_DIR / "accuracy", help="data, caches, raw results")
     args = parser.parse_args(argv)
-    if not args.verbose:
-        os.environ.setdefault("TQDM_DISABLE", "1")
     import torch
 
     if args.threads:

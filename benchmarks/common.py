@@ -123,6 +123,30 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's peak-RSS mark (Linux >= 4.0: ``5`` into /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """Peak RSS of this process's memory image (VmHWM: unlike ``ru_maxrss`` it is not inherited
+    from the parent across fork + exec, and :func:`reset_peak_rss` resets it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 # ---------------------------------------------------------------- timing
 def time_call(fn: Callable[[], object], repeats: int = 3, warmup: int = 1, sync: Optional[Callable[[], None]] = None,
               min_seconds: float = 0.0) -> float:

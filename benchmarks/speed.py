@@ -28,7 +28,6 @@ import contextlib
 import dataclasses
 import gc
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -74,8 +73,8 @@ def mode_config(mode: str) -> SpeedConfig:
         return SpeedConfig(
             mode="quick",
             encode_batch_sizes={"sgmn-tiny": (1, 8, 32), "sgmn-vitb32": (1, 4)},
-            gallery_sizes=(100, 1_000, 10_000, 100_000, 200_000),
-            ann_max_rows=100_000,
+            gallery_sizes=(100, 1_000, 10_000, 50_000, 100_000, 200_000),
+            ann_max_rows=50_000,
             search_queries=128,
             eval_models=("sgmn-tiny",),
             eval_rooms=2, eval_products_per_room=20, eval_queries_per_room=16,
@@ -246,6 +245,24 @@ def unit_vectors(n: int, dim: int, rng: np.random.Generator, chunk: int = 100_00
     return out
 
 
+LOW_RANK = 32  # intrinsic dimension of the "low-rank" gallery
+
+
+def low_rank_vectors(n: int, dim: int, rng: np.random.Generator, basis: np.ndarray, noise: float = 0.3,
+                     chunk: int = 100_000) -> np.ndarray:
+    """Unit vectors near a random ``len(basis)``-dimensional subspace (``z @ basis`` plus isotropic
+    noise of ``noise`` times the signal's norm). Learned embeddings sit near low-dimensional
+    structure, which IVF and HNSW exploit; isotropic vectors are their worst case."""
+    k = basis.shape[0]
+    out = np.empty((n, dim), np.float32)
+    for lo in range(0, n, chunk):
+        m = min(chunk, n - lo)
+        block = rng.standard_normal((m, k), dtype=np.float32) @ basis
+        block += rng.standard_normal((m, dim), dtype=np.float32) * np.float32(noise * np.sqrt(k / dim))
+        out[lo:lo + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
 def exact_torch(queries: torch.Tensor, gallery: torch.Tensor, k: int, chunk: int = 64):
     """Exact top-k by inner product; queries in chunks so the score matrix stays small."""
     scores, rows = [], []
@@ -274,6 +291,11 @@ def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:
 
 
 def bench_search(cfg: SpeedConfig) -> list[dict]:
+    """Exact and FAISS search on isotropic random vectors; IVF / HNSW also on low-rank ones.
+
+    Exact and flat search cost the same whatever the vectors are; approximate indexes do not, so
+    they are measured on both distributions (recall against exact search on the same vectors).
+    """
     import faiss
 
     from sgmn.retrieval.index import IndexConfig, VectorIndex
@@ -281,39 +303,45 @@ def bench_search(cfg: SpeedConfig) -> list[dict]:
     faiss.omp_set_num_threads(torch.get_num_threads())
     rows = []
     rng = np.random.default_rng(cfg.seed)
-    queries = unit_vectors(cfg.search_queries, cfg.dim, rng)
-    q_torch = torch.from_numpy(queries)
+    basis = np.linalg.qr(rng.standard_normal((cfg.dim, LOW_RANK)))[0].T.astype(np.float32)  # orthonormal rows
+    draw = {"isotropic": lambda n: unit_vectors(n, cfg.dim, rng),
+            f"low-rank ({LOW_RANK}-d)": lambda n: low_rank_vectors(n, cfg.dim, rng, basis)}
     for n in cfg.gallery_sizes:
-        gallery = unit_vectors(n, cfg.dim, rng)
-        g_torch = torch.from_numpy(gallery)
-        base = {"gallery": n, "dim": cfg.dim, "vector_bytes": gallery.nbytes}
-        t = common.time_call(lambda: exact_torch(q_torch, g_torch, cfg.top_k), repeats=cfg.repeats)
-        _, exact_rows = exact_torch(q_torch, g_torch, cfg.top_k)
-        exact_rows = exact_rows.numpy()
-        rows.append({**base, "method": "exact torch", "build_s": 0.0, "queries_per_s": len(queries) / t,
-                     "recall@10": 1.0, "index_bytes": gallery.nbytes, "rss_bytes": common.rss_bytes()})
-        t = common.time_call(lambda: exact_numpy(queries, gallery, cfg.top_k), repeats=cfg.repeats)
-        rows.append({**base, "method": "exact numpy", "build_s": 0.0, "queries_per_s": len(queries) / t,
-                     "recall@10": recall_at_k(exact_numpy(queries, gallery, cfg.top_k), exact_rows),
-                     "index_bytes": gallery.nbytes, "rss_bytes": common.rss_bytes()})
-        for kind in ("flat", "ivf", "hnsw"):
-            if kind != "flat" and n > cfg.ann_max_rows:
+        for data, sample in draw.items():
+            isotropic = data == "isotropic"
+            if not isotropic and n > cfg.ann_max_rows:
                 continue
-            t0 = time.perf_counter()
-            index = VectorIndex.build(gallery, IndexConfig(kind=kind, seed=cfg.seed))
-            build_s = time.perf_counter() - t0
-            t = common.time_call(lambda: index.search(queries, cfg.top_k), repeats=cfg.repeats)
-            _, found = index.search(queries, cfg.top_k)
-            index_bytes = faiss.serialize_index(index.index).nbytes
-            rows.append({**base, "method": f"faiss {kind}", "build_s": build_s, "queries_per_s": len(queries) / t,
-                         "recall@10": recall_at_k(found, exact_rows), "index_bytes": index_bytes,
-                         "rss_bytes": common.rss_bytes()})
-            del index
+            gallery, queries = sample(n), sample(cfg.search_queries)
+            g_torch, q_torch = torch.from_numpy(gallery), torch.from_numpy(queries)
+            base = {"gallery": n, "dim": cfg.dim, "data": data, "vector_bytes": gallery.nbytes}
+            _, exact_rows = exact_torch(q_torch, g_torch, cfg.top_k)
+            exact_rows = exact_rows.numpy()
+            if isotropic:
+                t = common.time_call(lambda: exact_torch(q_torch, g_torch, cfg.top_k), repeats=cfg.repeats)
+                rows.append({**base, "method": "exact torch", "build_s": 0.0, "queries_per_s": len(queries) / t,
+                             "recall@10": 1.0, "index_bytes": gallery.nbytes, "rss_bytes": common.rss_bytes()})
+                t = common.time_call(lambda: exact_numpy(queries, gallery, cfg.top_k), repeats=cfg.repeats)
+                rows.append({**base, "method": "exact numpy", "build_s": 0.0, "queries_per_s": len(queries) / t,
+                             "recall@10": recall_at_k(exact_numpy(queries, gallery, cfg.top_k), exact_rows),
+                             "index_bytes": gallery.nbytes, "rss_bytes": common.rss_bytes()})
+            kinds = [k for k in ("flat", "ivf", "hnsw") if (k == "flat") == isotropic or
+                     (isotropic and n <= cfg.ann_max_rows)]
+            for kind in kinds:
+                t0 = time.perf_counter()
+                index = VectorIndex.build(gallery, IndexConfig(kind=kind, seed=cfg.seed))
+                build_s = time.perf_counter() - t0
+                t = common.time_call(lambda: index.search(queries, cfg.top_k), repeats=cfg.repeats)
+                _, found = index.search(queries, cfg.top_k)
+                index_bytes = faiss.serialize_index(index.index).nbytes
+                rows.append({**base, "method": f"faiss {kind}", "build_s": build_s,
+                             "queries_per_s": len(queries) / t, "recall@10": recall_at_k(found, exact_rows),
+                             "index_bytes": index_bytes, "rss_bytes": common.rss_bytes()})
+                del index
+            del gallery, g_torch
+            gc.collect()
         for r in (x for x in rows if x["gallery"] == n):
-            print(f"[search] {n:>8} x {cfg.dim}: {r['method']:<12} {r['queries_per_s']:10.1f} q/s "
+            print(f"[search] {n:>8} x {cfg.dim} {r['data']:<15}: {r['method']:<12} {r['queries_per_s']:10.1f} q/s "
                   f"build {r['build_s']:.2f} s recall@10 {r['recall@10']:.3f}", flush=True)
-        del gallery, g_torch
-        gc.collect()
     return rows
 
 
@@ -408,18 +436,18 @@ def _train_step_fn(name: str, batch_size: int, precision: str, device: torch.dev
 def train_step_probe(name: str, batch_size: int, repeats: int, seed: int) -> dict:
     """CPU step time and peak memory, measured in *this* process (meant to be a fresh one).
 
-    Peak = the process's peak RSS (``ru_maxrss``) minus its RSS just before the first step, so it
-    holds the activations, the gradients and the AdamW state that the steps allocate. A fresh
-    process is needed because a warm allocator reuses freed memory and hides the peak.
+    Peak = the process's peak RSS during the steps (VmHWM, reset just before them) minus its RSS
+    just before the first step, so it holds the activations, the gradients and the AdamW state that
+    the steps allocate. A fresh process is needed because a warm allocator reuses freed memory and
+    hides the peak.
     """
-    import resource
-
     step, model = _train_step_fn(name, batch_size, "fp32", torch.device("cpu"), seed)
     gc.collect()
+    common.reset_peak_rss()
     before = common.rss_bytes()
     step()  # warm-up: allocates gradients and optimiser state
     t = common.time_call(step, repeats=repeats, warmup=0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = common.peak_rss_bytes()
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"step_s": t, "peak_bytes": max(0, peak - before), "param_bytes": params}
 
@@ -444,7 +472,7 @@ def bench_train(cfg: SpeedConfig, device: torch.device) -> list[dict]:
                 if device.type == "cpu":
                     probe = _probe_in_subprocess(name, bs, cfg.repeats, cfg.seed)
                     t, peak, params = probe["step_s"], probe["peak_bytes"], probe["param_bytes"]
-                    peak_how = "peak RSS of a fresh process above its RSS before the first step"
+                    peak_how = "peak RSS (VmHWM) of a fresh process above its RSS before the first step"
                 else:
                     step, model = _train_step_fn(name, bs, precision, device, cfg.seed)
                     params = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -504,18 +532,22 @@ def render(results: dict, cfg: SpeedConfig, info: dict, command: str, seconds: f
 
     srch = results["search"]
     out += ["### Scoring against gallery size", "",
-            f"{cfg.search_queries} queries, top-{cfg.top_k}, random unit vectors of d = {cfg.dim} (float32). "
+            f"{cfg.search_queries} queries, top-{cfg.top_k}, unit vectors of d = {cfg.dim} (float32). "
             "Exact: torch matmul + `topk`, numpy matmul + `argpartition` (queries in chunks of 64). "
             "FAISS indexes from `sgmn.retrieval.VectorIndex` with its default settings (IVF: ~4·√n lists, "
             "nprobe 64; HNSW: M 32, efConstruction 80, efSearch 128). Recall@10 = share of the exact top-10 found. "
-            "Random vectors have no cluster structure, the worst case for IVF / HNSW recall. "
+            "Vectors: *isotropic* random (no structure at all: the worst case for IVF / HNSW) and, for IVF / HNSW, "
+            f"*low-rank*: random points of a {LOW_RANK}-d subspace plus isotropic noise at 30% of their norm, with "
+            "queries from the same distribution (closer to learned embeddings; exact and flat search cost the same on "
+            "any vectors, so they are run on the isotropic ones only). "
             "RSS = the whole benchmark process after the build.", ""]
     if cfg.ann_max_rows < max(cfg.gallery_sizes):
         out += [f"IVF and HNSW are built up to {cfg.ann_max_rows:,} rows in this mode (their build time grows "
                 "fastest); exact and flat search go to the largest gallery.", ""]
     out += [common.markdown_table(
-        ["gallery", "method", "queries/s", "build (s)", "recall@10", "vectors", "index", "process RSS"],
-        [[f"{r['gallery']:,}", r["method"], _fmt(r["queries_per_s"], 1), _fmt(r["build_s"], 2),
+        ["gallery", "method", "vectors", "queries/s", "build (s)", "recall@10", "vector bytes", "index bytes",
+         "process RSS"],
+        [[f"{r['gallery']:,}", r["method"], r["data"], _fmt(r["queries_per_s"], 1), _fmt(r["build_s"], 2),
           f"{r['recall@10']:.3f}", common.human_bytes(r["vector_bytes"]), common.human_bytes(r["index_bytes"]),
           common.human_bytes(r["rss_bytes"])] for r in srch]), ""]
     if results.get("search_plot"):
@@ -540,8 +572,8 @@ def render(results: dict, cfg: SpeedConfig, info: dict, command: str, seconds: f
             "One optimiser step (forward with every loss term of the variant, backward, AdamW) on a random batch "
             "of clip–product pairs; median of the timed steps after one warm-up step. Peak memory covers the "
             "warm-up step too, so it holds activations, gradients and AdamW state (on top of the weights). CPU: "
-            "each row runs in a fresh process, peak = its peak RSS (`ru_maxrss`) minus its RSS just before the first "
-            "step. CUDA: `torch.cuda.max_memory_allocated` (weights included).", ""]
+            "each row runs in a fresh process, peak = its peak RSS (VmHWM, reset just before the steps) minus its RSS "
+            "just before the first step. CUDA: `torch.cuda.max_memory_allocated` (weights included).", ""]
     out += [common.markdown_table(
         ["model", "device", "precision", "batch", "s / step", "clips / s", "peak memory", "weights"],
         [[r["model"], r["device"], r["precision"], r["batch"], _fmt(r["step_s"], 3), _fmt(r["clips_per_s"], 2),
@@ -563,9 +595,11 @@ def plot_search(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
-    for method in dict.fromkeys(r["method"] for r in rows):
-        pts = [(r["gallery"], r["queries_per_s"]) for r in rows if r["method"] == method]
-        ax.plot(*zip(*pts), marker="o", label=method)
+    for method, data in dict.fromkeys((r["method"], r["data"]) for r in rows):
+        pts = [(r["gallery"], r["queries_per_s"]) for r in rows if (r["method"], r["data"]) == (method, data)]
+        isotropic = data == "isotropic"
+        ax.plot(*zip(*pts), marker="o" if isotropic else "x", linestyle="-" if isotropic else "--",
+                label=method if isotropic else f"{method}, {data}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("gallery size (products)")

@@ -77,6 +77,17 @@ def test_exact_search_paths_agree_and_recall_counts_overlap():
     assert speed.recall_at_k(half, brute) == 0.5
 
 
+def test_low_rank_vectors_are_unit_and_near_their_subspace():
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.standard_normal((64, 8)))[0].T.astype(np.float32)
+    x = speed.low_rank_vectors(300, 64, rng, basis, noise=0.3, chunk=128)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    inside = np.linalg.norm(x @ basis.T, axis=1)  # length of the projection onto the subspace
+    assert inside.mean() > 0.9  # noise at 30% of the signal's norm
+    iso = speed.unit_vectors(300, 64, rng)
+    assert np.linalg.norm(iso @ basis.T, axis=1).mean() < 0.5  # ~ sqrt(8/64) for isotropic vectors
+
+
 # ---------------------------------------------------------------- smoke runs
 def test_speed_smoke_writes_its_section(tmp_path):
     doc = tmp_path / "benchmarks.md"
@@ -120,3 +131,5 @@ def test_accuracy_smoke_trains_every_model_and_writes_its_section(tmp_path):
     again = accuracy.run(cfg, doc, tmp_path / "img", out, command="accuracy --smoke")
     assert len(list((out / "data").iterdir())) == n_sets
     assert [r["R@1"] for r in again["main"]] == [r["R@1"] for r in rows]
+    assert all(r["from_cache"] for r in again["main"]) and not any(r["from_cache"] for r in rows)
+    assert "runs were read from the results cache" in doc.read_text()
