@@ -11,7 +11,7 @@ from sgmn.data.readers import read_dataset
 
 def test_demo_runs_end_to_end_and_writes_the_report(tmp_path):
     out = tmp_path / "demo"
-    res = CliRunner().invoke(app, ["demo", "--out", str(out), "--epochs", "1", "--max-steps", "2"])
+    res = CliRunner().invoke(app, ["demo", "--out", str(out), "--preset", "easy", "--epochs", "1", "--max-steps", "2"])
     assert res.exit_code == 0, res.output
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     rankings = json.loads((out / "eval" / "rankings.json").read_text())
@@ -38,7 +38,7 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path):
         assert (top in data.clips[qid].product_ids) == (mark == "HIT")
 
     # a second demo into the same folder reuses the data and replaces the run (its log is not appended to)
-    again = CliRunner().invoke(app, ["demo", "--out", str(out), "--epochs", "1", "--max-steps", "1"])
+    again = CliRunner().invoke(app, ["demo", "--out", str(out), "--preset", "easy", "--epochs", "1", "--max-steps", "1"])
     assert again.exit_code == 0, again.output
     assert "reusing the synthetic 'easy' data" in again.output
     steps = [json.loads(line)["step"] for line in (out / "run" / "log.jsonl").read_text().splitlines()]
