@@ -58,15 +58,28 @@ def load_image(path: PathLike) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise MediaError("image file not found" if not path.exists() else "not a file", file=path)
+    return decode_image(path, name=path)
+
+
+def decode_image(source, name: PathLike, max_pixels: Optional[int] = None) -> Image.Image:
+    """Decode an image (a path or a binary file object) completely to RGB; errors name ``name``.
+
+    With ``max_pixels`` the size is checked from the header, before decoding, so a small file
+    cannot expand into a huge bitmap.
+    """
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise MediaError(
+                    f"image is {img.width}x{img.height} pixels, more than the limit of {max_pixels}", file=name
+                )
             img.load()
             return img.convert("RGB")
     except UnidentifiedImageError:
-        raise MediaError("not a readable image (unknown or corrupt format)", file=path) from None
+        raise MediaError("not a readable image (unknown or corrupt format)", file=name) from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         # Pillow reports truncated / broken data as OSError ("image file is truncated ...")
-        raise MediaError(f"cannot decode image: {err}", file=path) from None
+        raise MediaError(f"cannot decode image: {err}", file=name) from None
 
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.VideoStream:

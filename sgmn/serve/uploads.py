@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import HTTPException, UploadFile
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from sgmn.data.media import decode_image
 from sgmn.errors import MediaError
 
 COPY_CHUNK = 1 << 20
@@ -62,19 +63,7 @@ def read_image(upload: UploadFile, max_pixels: int) -> Image.Image:
     data = upload.file.read()
     if not data:
         raise MediaError("the file is empty", file=name)
-    try:
-        with Image.open(BytesIO(data)) as img:
-            # checked before decoding so that a small file cannot expand into a huge bitmap
-            if img.width * img.height > max_pixels:
-                raise MediaError(
-                    f"image is {img.width}x{img.height} pixels, more than the limit of {max_pixels}", file=name
-                )
-            img.load()
-            return img.convert("RGB")
-    except UnidentifiedImageError:
-        raise MediaError("not a readable image (unknown or corrupt format)", file=name) from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise MediaError(f"cannot decode image: {err}", file=name) from None
+    return decode_image(BytesIO(data), name=name, max_pixels=max_pixels)
 
 
 def read_frames(uploads: list[UploadFile], max_pixels: int) -> list[np.ndarray]:
