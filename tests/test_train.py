@@ -419,3 +419,36 @@ def test_validation_holds_out_whole_rooms_deterministically(tiny_lpr):
     assert sorted(split.splits["train"] + split.splits["val"]) == sorted(data.splits["train"])
     assert split.splits["test"] == data.splits["test"]
     assert split_validation(data, TrainConfig(val_fraction=0.0))[1] is None
+
+
+_DETERMINISM_SCRIPT = """
+import hashlib, sys, torch
+torch.set_num_threads(2)
+from sgmn.train import TrainConfig, train
+cfg = TrainConfig(epochs=1, max_steps=3, batch_size=8, lr=1e-3, backbone_lr_factor=1.0, num_workers=0,
+                  val_fraction=0.0, seed=0, deterministic={det}, text_cache_dir=sys.argv[2] + "-text")
+train(sys.argv[1], "lpr4m", "sgmn-tiny", sys.argv[2], cfg)
+print(hashlib.sha1(open(sys.argv[2] + "/last/model.safetensors", "rb").read()).hexdigest())
+"""
+
+
+def test_two_processes_with_the_same_seed_train_bit_identical_weights(tmp_path):
+    """Across processes and with 2 threads (CPU kernels otherwise split reductions differently)."""
+    import os
+    import subprocess
+    import sys
+
+    from sgmn.data.synthetic import generate, preset
+
+    data = tmp_path / "data"
+    generate(data, preset("easy", rooms=2, products_per_room=4, clips_per_product=2, frames_per_clip=3), progress=False)
+    script = tmp_path / "run.py"
+    script.write_text(_DETERMINISM_SCRIPT.format(det=True))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
+    hashes = []
+    for i in range(2):
+        done = subprocess.run([sys.executable, str(script), str(data), str(tmp_path / f"run{i}")],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        hashes.append(done.stdout.strip().splitlines()[-1])
+    assert hashes[0] == hashes[1]

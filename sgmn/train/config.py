@@ -47,6 +47,10 @@ class TrainConfig:
     precision: Precision = "fp32"  # bf16 / fp16 autocast (fp16 with GradScaler, CUDA only)
     device: str = "auto"  # "auto" = cuda:<local rank> when available, else cpu
     seed: int = 42
+    # Bit-identical runs for a seed: torch.use_deterministic_algorithms (CPU kernels otherwise
+    # split reductions across threads differently from run to run). Ops without a deterministic
+    # kernel warn instead of failing; set False for the last bit of GPU speed.
+    deterministic: bool = True
     num_workers: int = 2
     find_unused_parameters: bool = True  # DDP: switched-off branches leave parameters without grads
 

@@ -83,6 +83,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def make_deterministic(enabled: bool) -> None:
+    """Deterministic kernels (bit-identical runs for a seed), warning where an op has none."""
+    if enabled and torch.cuda.is_available():
+        # cuBLAS needs a fixed workspace for deterministic matrix products (read at CUDA init)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -176,6 +184,7 @@ class Trainer:
         self.world = dist_utils.world_size()
         self.is_main = self.rank == 0
         self.device = resolve_device(config.device)
+        make_deterministic(config.deterministic)
         if config.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("train config field 'precision': fp16 needs CUDA (GradScaler); use bf16 or fp32 on CPU")
 
@@ -575,6 +584,7 @@ def train(
 
     cfg = train_config or TrainConfig()
     out_dir = Path(out_dir)
+    make_deterministic(cfg.deterministic)  # before anything is computed (text vectors included)
     joined_here = not dist_utils.is_distributed() and dist_utils.setup_distributed()
     try:
         rank = dist_utils.rank()
