@@ -120,3 +120,24 @@ def test_index_round_trips_through_a_file(tmp_path):
 def test_empty_gallery_is_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="non-empty"):
         VectorIndex.build(np.zeros((0, 4), np.float32))
+
+
+def test_calibration_raises_probing_until_the_target_recall_and_survives_a_reload(tmp_path):
+    # Structureless vectors: the fixed default nprobe misses many neighbours; calibration
+    # must find a setting that reaches the target on *new* queries too.
+    rng = np.random.default_rng(5)
+    d, n, nq = 32, 20_000, 200
+    gallery = _unit(rng.standard_normal((n, d)))
+    queries = _unit(rng.standard_normal((nq, d)))
+    _, exact = exact_search(queries, gallery, 10)
+    fixed = VectorIndex.build(gallery, IndexConfig(kind="ivf", ivf_nprobe=4, target_recall=None))
+    calibrated = VectorIndex.build(gallery, IndexConfig(kind="ivf", ivf_nprobe=4, target_recall=0.95))
+    assert fixed.search_setting["nprobe"] == 4 and fixed.recall is None
+    assert calibrated.search_setting["nprobe"] > 4 and calibrated.recall >= 0.95
+    r_fixed = _recall_at_10(exact, fixed.search(queries, 10)[1])
+    r_cal = _recall_at_10(exact, calibrated.search(queries, 10)[1])
+    assert r_fixed < 0.8 <= 0.9 <= r_cal
+    calibrated.save(tmp_path / "ivf.faiss")
+    back = VectorIndex.load(tmp_path / "ivf.faiss", "ivf", calibrated.config)
+    assert back.search_setting == calibrated.search_setting
+    np.testing.assert_array_equal(back.search(queries, 10)[1], calibrated.search(queries, 10)[1])

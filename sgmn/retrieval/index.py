@@ -30,10 +30,18 @@ class IndexConfig:
     flat_below: int = 50_000  # fewer rows than this: exact flat index
     ivf_below: int = 1_000_000  # fewer rows than this: IVF-Flat; otherwise HNSW
     ivf_nlist: Optional[int] = None  # None: about 4·sqrt(rows), at least 1, at most rows / 39
-    ivf_nprobe: int = 64  # lists scanned per query (recall vs speed; see tests/test_index.py)
+    ivf_nprobe: int = 64  # lists scanned per query (the starting point when calibrating)
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 128
+    hnsw_ef_search: int = 128  # candidate list per query (the starting point when calibrating)
+    # Approximate indexes are calibrated when built: nprobe / efSearch double until recall@10
+    # against exact search, on gallery rows used as probe queries, reaches this (None: keep the
+    # values above as they are). Structureless vectors need far more probing than embeddings,
+    # so a fixed setting cannot suit every gallery.
+    target_recall: Optional[float] = 0.95
+    calibration_queries: int = 256
+    max_ivf_nprobe: int = 1024
+    max_hnsw_ef_search: int = 2048
     seed: int = 0
 
     def choose_kind(self, rows: int) -> IndexKind:
@@ -91,6 +99,7 @@ class VectorIndex:
         self.index = index
         self.kind = kind
         self.config = config
+        self.recall: Optional[float] = None  # calibration recall@10, when calibrated at build
 
     @classmethod
     def build(cls, vectors: np.ndarray, config: Optional[IndexConfig] = None) -> "VectorIndex":
@@ -111,7 +120,61 @@ class VectorIndex:
             index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = config.hnsw_ef_construction
         index.add(vectors)
-        return cls(index, kind, config)
+        built = cls(index, kind, config)
+        if kind == "ivf":
+            index.nprobe = min(config.ivf_nprobe, index.nlist)
+        elif kind == "hnsw":
+            index.hnsw.efSearch = config.hnsw_ef_search
+        if kind != "flat" and config.target_recall is not None:
+            built.recall = built.calibrate(vectors, config.target_recall)
+        return built
+
+    def calibrate(self, vectors: np.ndarray, target: float, k: int = 10) -> float:
+        """Double nprobe (IVF) or efSearch (HNSW) until recall@k on probe queries reaches
+        ``target`` or the configured maximum; returns the recall reached.
+
+        Probe queries are gallery rows; each row itself is left out of both result lists so
+        that finding itself does not inflate the recall. FAISS stores both settings in the index
+        file, so a reloaded index keeps its calibration.
+        """
+        n = vectors.shape[0]
+        rng = np.random.default_rng(self.config.seed)
+        probe_rows = rng.choice(n, size=min(self.config.calibration_queries, n), replace=False)
+        queries = vectors[probe_rows]
+        kk = min(k + 1, n)
+        _, exact = exact_search(queries, vectors, kk)
+
+        def recall() -> float:
+            _, found = self.index.search(queries, kk)
+            hits = total = 0
+            for row, want, got in zip(probe_rows, exact, found):
+                want = set(want.tolist()) - {int(row)}
+                got = set(got.tolist()) - {int(row), -1}
+                hits += len(want & got)
+                total += len(want)
+            return hits / max(total, 1)
+
+        reached = recall()
+        while reached < target:
+            if self.kind == "ivf":
+                if self.index.nprobe >= min(self.index.nlist, self.config.max_ivf_nprobe):
+                    break
+                self.index.nprobe = min(2 * self.index.nprobe, self.index.nlist, self.config.max_ivf_nprobe)
+            else:
+                if self.index.hnsw.efSearch >= self.config.max_hnsw_ef_search:
+                    break
+                self.index.hnsw.efSearch = min(2 * self.index.hnsw.efSearch, self.config.max_hnsw_ef_search)
+            reached = recall()
+        return reached
+
+    @property
+    def search_setting(self) -> dict:
+        """The search-time parameter in force (after calibration), for reports."""
+        if self.kind == "ivf":
+            return {"nlist": self.index.nlist, "nprobe": self.index.nprobe}
+        if self.kind == "hnsw":
+            return {"M": self.config.hnsw_m, "efSearch": self.index.hnsw.efSearch}
+        return {}
 
     @property
     def size(self) -> int:
@@ -121,10 +184,8 @@ class VectorIndex:
         """(scores, rows), each (B, k); rows are -1 where the index found fewer than k."""
         queries = np.ascontiguousarray(queries, np.float32)
         k = max(1, min(k, self.size))
-        if self.kind == "ivf":
-            self.index.nprobe = min(self.config.ivf_nprobe, self.index.nlist)
-        elif self.kind == "hnsw":
-            self.index.hnsw.efSearch = max(self.config.hnsw_ef_search, k)
+        if self.kind == "hnsw" and self.index.hnsw.efSearch < k:
+            self.index.hnsw.efSearch = k  # HNSW cannot return more than efSearch results
         return self.index.search(queries, k)
 
     def save(self, path: Union[str, Path]) -> None:
