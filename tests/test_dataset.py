@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -15,6 +14,7 @@ from sgmn.data.dataset import GalleryProducts, QueryClips, TrainPairs, collate
 from sgmn.data.records import Clip, LPRData, Product, Room
 from sgmn.data.transforms import CLIP_MEAN, CLIP_STD
 from sgmn.errors import DataError, MediaError
+from helpers import write_mp4  # noqa: E402
 
 S, P, T = 32, 16, 4  # image size, patch size (2x2 grid -> 5 tokens), frames per clip
 TOKENS = 1 + (S // P) ** 2
@@ -58,17 +58,8 @@ def write_frames(folder: Path, count: int) -> list[Path]:
 
 
 def write_video(path: Path, count: int) -> Path:
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = S, S, "yuv420p"
-        stream.options = {"qscale": "2"}
-        for i in range(count):
-            array = np.full((S, S, 3), 20 * i, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    frames = [np.full((S, S, 3), 20 * i, dtype=np.uint8) for i in range(count)]
+    return write_mp4(path, frames, rate=10, options={"qscale": "2"})
 
 
 @pytest.fixture

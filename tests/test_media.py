@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,22 +11,14 @@ from PIL import Image
 from sgmn.data.media import decode_video, load_clip_frames, load_image, sample_indices
 from sgmn.data.records import Clip
 from sgmn.errors import MediaError
+from helpers import write_mp4  # noqa: E402
 
 
 def write_gray_video(path: Path, levels: list[int], rate: int = 10, size=(64, 48)) -> Path:
     """An mp4 whose frame i is a flat gray image of brightness ``levels[i]``."""
     width, height = size
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"qscale": "2"}
-        for level in levels:
-            array = np.full((height, width, 3), level, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    frames = [np.full((height, width, 3), level, dtype=np.uint8) for level in levels]
+    return write_mp4(path, frames, rate=rate, options={"qscale": "2"})
 
 
 def frame_level(array: np.ndarray) -> float:

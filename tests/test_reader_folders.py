@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,6 +12,7 @@ from PIL import Image
 from sgmn.data.readers import read_dataset
 from sgmn.data.readers.folders import read, read_clip, read_shop
 from sgmn.errors import DataError
+from helpers import write_mp4  # noqa: E402
 
 
 def jpeg(path: Path) -> Path:
@@ -22,18 +22,7 @@ def jpeg(path: Path) -> Path:
 
 
 def mp4(path: Path, frames: int = 4, size: int = 32) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=2)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), 40 * i, np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return write_mp4(path, [np.full((size, size, 3), 40 * i, np.uint8) for i in range(frames)], rate=2)
 
 
 def write_folders(root: Path) -> None:

@@ -13,21 +13,11 @@ from PIL import Image
 from sgmn.data.readers import read_dataset
 from sgmn.data.readers.movingfashion import read
 from sgmn.errors import DataError
+from helpers import write_mp4  # noqa: E402
 
 
 def mp4(path: Path, frames: int = 8, size: int = 64) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=4)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(frames):
-            img = np.full((size, size, 3), i * 30, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return write_mp4(path, [np.full((size, size, 3), i * 30, dtype=np.uint8) for i in range(frames)], rate=4)
 
 
 def jpeg(path: Path) -> Path:

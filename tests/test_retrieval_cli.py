@@ -2,7 +2,6 @@
 
 import json
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -11,6 +10,7 @@ from typer.testing import CliRunner
 
 import sgmn
 from sgmn.cli import app
+from helpers import write_mp4  # noqa: E402
 
 
 def _img(seed, size=(40, 32)):
@@ -48,13 +48,7 @@ def Retriever_rooms(store):
 
 
 def _video(path, n=5):
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=5)
-        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
-        for i in range(n):
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(_img(50 + i, (48, 32)), format="rgb24")))
-        out.mux(stream.encode())
-    return path
+    return write_mp4(path, [_img(50 + i, (48, 32)) for i in range(n)], rate=5, codec="libx264")
 
 
 def test_index_then_query_table_and_json(tmp_path, checkpoint, shop):

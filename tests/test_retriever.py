@@ -2,7 +2,6 @@
 
 import threading
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -21,6 +20,8 @@ from sgmn.retrieval import (
     Retriever,
     RetrieverConfig,
 )
+
+from helpers import write_mp4  # noqa: E402
 
 
 def _tiny(seed):
@@ -110,12 +111,7 @@ def test_clip_inputs_mp4_folder_paths_and_images_agree(tmp_path, model, shop):
     for i, f in enumerate(frames):  # natural order: 2 before 10
         Image.fromarray(f).save(folder / f"f{[1, 2, 10, 11][i]}.png")
     video = tmp_path / "clip.mp4"
-    with av.open(str(video), "w") as out:
-        stream = out.add_stream("libx264", rate=4)
-        stream.width, stream.height, stream.pix_fmt = 48, 36, "yuv420p"
-        for f in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        out.mux(stream.encode())
+    write_mp4(video, frames, rate=4, codec="libx264")
     with Retriever.open(tmp_path / "s", model=model) as r:
         r.add_products("room", shop, create_room=True)
         by_images = r.query("room", [Image.fromarray(f) for f in frames], top_k=5)

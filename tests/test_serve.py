@@ -6,7 +6,6 @@ import base64
 import io
 import os
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -19,6 +18,7 @@ import sgmn  # noqa: E402
 from sgmn.data.media import decode_video  # noqa: E402
 from sgmn.retrieval import Retriever  # noqa: E402
 from sgmn.serve import ServeSettings, create_app  # noqa: E402
+from helpers import write_mp4  # noqa: E402
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (30, 60, 220)}
 
@@ -39,19 +39,6 @@ def striped_frames(colour, n=8, size=(48, 64)) -> list[np.ndarray]:
         f[8:24, x : x + 16] = 255
         frames.append(f)
     return frames
-
-
-def write_mp4(path, frames, rate=8) -> bytes:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=rate)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path.read_bytes()
 
 
 def decode_data_url(url: str, mime: str) -> Image.Image:

@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -43,23 +42,19 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 import sgmn  # noqa: E402
 from sgmn.retrieval import Retriever  # noqa: E402
 from sgmn.serve import ServeSettings, create_app  # noqa: E402
+from helpers import write_mp4  # noqa: E402
 
 PRODUCTS = {"red-dress": ((220, 30, 30), "red silk dress"), "green-bag": ((30, 200, 60), "green bag"), "blue-hat": ((30, 60, 220), None)}
 
 
-def write_mp4(path: Path, rgb, n=8, size=(48, 64)) -> None:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=8)
-        stream.height, stream.width = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(n):
-            f = np.zeros((*size, 3), np.uint8)
-            f[:] = rgb
-            f[10:26, 4 * i : 4 * i + 16] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+def write_clip(path: Path, rgb, n=8, size=(48, 64)) -> None:
+    frames = []
+    for i in range(n):
+        f = np.zeros((*size, 3), np.uint8)
+        f[:] = rgb
+        f[10:26, 4 * i : 4 * i + 16] = 255
+        frames.append(f)
+    write_mp4(path, frames, rate=8)
 
 
 def free_port() -> int:
@@ -104,7 +99,7 @@ def page():
 def test_search_a_clip_in_the_browser(server, page, tmp_path):
     url, retriever, _ = server
     clip = tmp_path / "live-clip.mp4"
-    write_mp4(clip, PRODUCTS["red-dress"][0])
+    write_clip(clip, PRODUCTS["red-dress"][0])
     asr = "look at this red silk dress"
     expected = retriever.query("shop-1", clip=clip, asr=asr, top_k=3).hits
 

@@ -16,7 +16,7 @@ import os
 import re
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 from urllib.parse import unquote, urlparse
 
 from tqdm import tqdm
@@ -352,3 +352,12 @@ class PathResolver:
                     return candidate
         names = ", ".join(str(b) for b in self.bases) or "(no base folder exists)"
         raise DataError(f"file {written!r} not found under any of: {names}", file=file, line=line, key=key)
+
+
+def check_splits(splits: Iterable[str], known: Sequence[str], layout: str) -> tuple[str, ...]:
+    """The requested splits as a tuple; an unknown name is a clear error naming the layout."""
+    splits = tuple(splits)
+    unknown = [s for s in splits if s not in known]
+    if unknown:
+        raise ValueError(f"unknown {layout} split(s) {unknown}; choose from {tuple(known)}")
+    return splits

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from sgmn.data.readers.common import (
+    check_splits,
     IMAGE_EXTENSIONS,
     MediaIndex,
     find_annotation,
@@ -77,10 +78,7 @@ def read(
     a missing frame or image is an error (or a counted skip under ``on_error="skip"``).
     """
     root = Path(root)
-    splits = tuple(splits)
-    unknown = [s for s in splits if s not in SPLITS]
-    if unknown:
-        raise ValueError(f"unknown LPR4M split(s) {unknown}; choose from {SPLITS}")
+    splits = check_splits(splits, SPLITS, "LPR4M")
     policy = ErrorPolicy(on_error)
     if require_media and media is None:
         media = MediaIndex.build(root)

@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Optional, Union
 
 from sgmn.data.readers.common import (
+    check_splits,
     PathResolver,
     find_annotation,
     live_id_of,
@@ -64,10 +65,7 @@ class _Skip(DataError):
 
 def read(root: Union[str, Path], on_error: OnError = "raise", splits: Iterable[str] = SPLITS) -> LPRData:
     root = Path(root)
-    splits = tuple(splits)
-    unknown = [s for s in splits if s not in SPLITS]
-    if unknown:
-        raise ValueError(f"unknown LPR750K split(s) {unknown}; choose from {SPLITS}")
+    splits = check_splits(splits, SPLITS, "LPR750K")
     annotations = root / "annotations"
     if not annotations.is_dir():
         raise DataError("LPR750K root has no annotations/ folder", file=root)

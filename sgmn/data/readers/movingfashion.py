@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
-from sgmn.data.readers.common import PathResolver, load_json_object, parse_box
+from sgmn.data.readers.common import check_splits, PathResolver, load_json_object, parse_box
 from sgmn.data.records import Box, Clip, LPRData, Product, Room
 from sgmn.errors import DataError, ErrorPolicy, OnError
 
@@ -43,10 +43,7 @@ def group_of(source) -> str:
 
 def read(root: Union[str, Path], on_error: OnError = "raise", splits: Iterable[str] = SPLITS) -> LPRData:
     root = Path(root)
-    splits = tuple(splits)
-    unknown = [s for s in splits if s not in SPLITS]
-    if unknown:
-        raise ValueError(f"unknown MovingFashion split(s) {unknown}; choose from {SPLITS}")
+    splits = check_splits(splits, SPLITS, "MovingFashion")
     policy = ErrorPolicy(on_error)
     data = LPRData(source="movingfashion", root=root)
     images = PathResolver([root, root / "imgs"])

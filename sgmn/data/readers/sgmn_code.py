@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from sgmn.data.readers.common import (
+    check_splits,
     IMAGE_EXTENSIONS,
     PathResolver,
     find_annotation,
@@ -91,10 +92,7 @@ def read(
     vector_dim: Optional[int] = 512,
 ) -> LPRData:
     root = Path(root)
-    splits = tuple(splits)
-    unknown = [s for s in splits if s not in SPLITS]
-    if unknown:
-        raise ValueError(f"unknown split(s) {unknown}; choose from {SPLITS}")
+    splits = check_splits(splits, SPLITS, "SGMN-code")
     policy = ErrorPolicy(on_error)
     data = LPRData(source="sgmn", root=root)
     if "train" in splits:

@@ -1,0 +1,29 @@
+"""Small media writers shared by the tests (each test builds its own frame contents)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import av
+import numpy as np
+
+
+def write_mp4(path, frames: Sequence[np.ndarray], rate: int = 8, codec: str = "mpeg4",
+              options: Optional[dict] = None) -> Path:
+    """Encode HxWx3 uint8 ``frames`` into a real video file with PyAV."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if options:
+            stream.options = options
+        for frame in frames:
+            array = np.ascontiguousarray(frame, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
