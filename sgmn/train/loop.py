@@ -513,14 +513,11 @@ def resolve_checkpoint(path: Union[str, Path]) -> Path:
 
 
 def _load_weights(model: nn.Module, folder: Path) -> None:
-    """Load a ``save_pretrained`` folder into an existing model (strict: every key must match)."""
-    if hasattr(type(model), "from_pretrained"):
-        loaded = type(model).from_pretrained(folder)
-        state = loaded.state_dict()
-    else:
-        from safetensors.torch import load_file
+    """Load a ``save_pretrained`` folder's weights into an existing model (strict: every key must
+    match); reads the file only, no second model is built."""
+    from sgmn.model.checkpoint import load_state
 
-        state = load_file(str(folder / "model.safetensors"))
+    _, state = load_state(folder)
     model.load_state_dict(state, strict=True)
 
 
