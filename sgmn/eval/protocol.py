@@ -9,6 +9,13 @@
   ``mode="frame"``: one prediction per frame from a causal window of the last <= ``window`` frames
   (how a live feed is served); query ids are ``<clip_id>@<frame index>``.
 - A query that cannot be read under ``on_error="skip"`` has no prediction and counts as a miss.
+- ``mechanism=True`` adds ``metrics["mechanism"]`` (TGA influence / pointing, SMF accuracy; see
+  :mod:`sgmn.eval.mechanism`).
+- ``distributed=True`` (``sgmn eval`` under torchrun; every rank must call it): gallery and query
+  batches are split across ranks by batch number (rank r encodes batches r, r+W, ...: the same
+  batches as one process, so the same numbers), the embeddings are all-gathered, each rank scores
+  its share of the rooms, and the rankings are merged in one process's order. Every rank returns
+  the same result, identical to one process.
 """
 
 from __future__ import annotations
@@ -140,46 +147,99 @@ def _dataset_kwargs(model) -> dict:
     )
 
 
+# ---------------------------------------------------------------------------- sharding
+Shard = tuple[int, int]  # (rank, world size)
+
+
+def current_shard() -> Shard:
+    """(rank, world) of the initialised process group, (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_gather(obj, shard: Shard) -> list:
+    if shard[1] == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * shard[1]
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _shard_loader(ds, batch_size: int, shard: Shard, num_workers: int):
+    """A loader over this rank's batches: batches r, r+W, r+2W, ... of the one-process batching,
+    each with exactly the items it has in one process. Yields (global batch number, batch)."""
+    from sgmn.data.dataset import collate
+    from torch.utils.data import Subset
+
+    rank, world = shard
+    n_batches = (len(ds) + batch_size - 1) // batch_size
+    mine = list(range(rank, n_batches, world))
+    items = [i for b in mine for i in range(b * batch_size, min((b + 1) * batch_size, len(ds)))]
+    loader = DataLoader(Subset(ds, items) if world > 1 else ds, batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=collate)
+    return zip(mine, loader)
+
+
+def _merge_batches(local: list, shard: Shard) -> list:
+    """[(batch number, payload)] of every rank, in batch order."""
+    gathered = [item for part in _all_gather(local, shard) for item in part]
+    return [payload for _, payload in sorted(gathered, key=lambda kv: kv[0])]
+
+
 # ---------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def encode_gallery(model, products: list[Product], *, text, gallery: Gallery, batch_size: int,
-                   device, num_workers: int = 0, progress: bool = True):
-    """Encode every product once. Returns (product ids of rows, ProductEmbeddings on CPU)."""
-    from sgmn.data.dataset import GalleryProducts, collate
+                   device, num_workers: int = 0, progress: bool = True, shard: Shard = (0, 1),
+                   keep_tokens: Optional[bool] = None):
+    """Encode every product once. Returns (product ids of rows, ProductEmbeddings on CPU).
+
+    With ``shard=(rank, world)`` each rank encodes its share of the batches and every rank gets
+    all of them (collective: every rank must call it)."""
+    from sgmn.data.dataset import GalleryProducts
 
     kw = _dataset_kwargs(model)
     ds = GalleryProducts(products, image_size=kw["image_size"], geometry=kw["geometry"], text=text,
                          all_images=(gallery == "all"))
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
-    ids: list[str] = []
-    parts = []
-    for batch in tqdm(loader, desc="gallery", disable=not progress, leave=False):
+    local = []
+    for number, batch in tqdm(_shard_loader(ds, batch_size, shard, num_workers), desc="gallery",
+                              disable=not progress, leave=False):
         emb = model.encode_products(
             batch["product_pixels"].to(device),
             titles=batch["title_vec"].to(device) if "title_vec" in batch else None,
             title_mask=batch["title_mask"].to(device) if "title_mask" in batch else None,
+            keep_tokens=keep_tokens,
         )
-        parts.append(_to_cpu(emb))
-        ids.extend(batch["product_ids"])
-    return ids, _cat(parts)
+        local.append((number, (list(batch["product_ids"]), _to_cpu(emb))))
+    parts = _merge_batches(local, shard)
+    ids = [pid for batch_ids, _ in parts for pid in batch_ids]
+    return ids, _cat([emb for _, emb in parts])
+
+
+def _query_dataset(model, clips: list[Clip], data: LPRData, text, on_error: str):
+    from sgmn.data.dataset import QueryClips
+
+    sub = LPRData(source=data.source, root=data.root, rooms=data.rooms, products=data.products,
+                  clips={c.clip_id: c for c in clips}, splits={"queries": [c.clip_id for c in clips]})
+    return QueryClips(sub, "queries", text=text, on_error=on_error, **_dataset_kwargs(model))
 
 
 @torch.no_grad()
 def encode_queries(model, clips: list[Clip], data: LPRData, *, text, batch_size: int, device,
                    num_workers: int = 0, on_error: str = "raise", return_attention: bool = False,
-                   progress: bool = True):
-    from sgmn.data.dataset import QueryClips, collate
-
-    sub = LPRData(source=data.source, root=data.root, rooms=data.rooms, products=data.products,
-                  clips={c.clip_id: c for c in clips}, splits={"queries": [c.clip_id for c in clips]})
-    ds = QueryClips(sub, "queries", text=text, on_error=on_error, **_dataset_kwargs(model))
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
-    ids: list[str] = []
-    parts = []
-    skipped = 0
-    for batch in tqdm(loader, desc="queries", disable=not progress, leave=False):
-        skipped += int(batch.get("skipped", 0))
+                   progress: bool = True, shard: Shard = (0, 1)):
+    """-> (query ids, ClipEmbeddings on CPU or None, number skipped); sharded like encode_gallery."""
+    ds = _query_dataset(model, clips, data, text, on_error)
+    local = []
+    for number, batch in tqdm(_shard_loader(ds, batch_size, shard, num_workers), desc="queries",
+                              disable=not progress, leave=False):
+        skipped = int(batch.get("skipped", 0))
         if not batch.get("clip_ids"):
+            local.append((number, ([], None, skipped)))
             continue
         emb = model.encode_clips(
             batch["frames"].to(device),
@@ -188,9 +248,49 @@ def encode_queries(model, clips: list[Clip], data: LPRData, *, text, batch_size:
             asr_mask=batch["asr_mask"].to(device) if "asr_mask" in batch else None,
             return_attention=return_attention,
         )
-        parts.append(_to_cpu(emb))
-        ids.extend(batch["clip_ids"])
-    return ids, (_cat(parts) if parts else None), skipped
+        local.append((number, (list(batch["clip_ids"]), _to_cpu(emb), skipped)))
+    parts = _merge_batches(local, shard)
+    ids = [q for batch_ids, _, _ in parts for q in batch_ids]
+    embs = [emb for _, emb, _ in parts if emb is not None]
+    return ids, (_cat(embs) if embs else None), sum(s for _, _, s in parts)
+
+
+@torch.no_grad()
+def mechanism_metrics(model, queries: list[Clip], data: LPRData, *, text, rankings: dict, ground_truth: dict,
+                      batch_size: int, device, num_workers: int = 0, on_error: str = "raise",
+                      max_queries: int = 256, shard: Shard = (0, 1), progress: bool = True) -> Optional[dict]:
+    """``metrics["mechanism"]`` (see :mod:`sgmn.eval.mechanism`) over at most ``max_queries`` of the
+    ranked queries; None for a model with neither TGA nor a cross encoder."""
+    from sgmn.data.dataset import GalleryProducts, collate
+    from sgmn.eval import mechanism as mech
+
+    if not mech.applies(model):
+        return None
+    chosen = set(mech.sample_queries([q.clip_id for q in queries if rankings.get(q.clip_id)], max_queries))
+    sample = [q for q in queries if q.clip_id in chosen]
+    kw = _dataset_kwargs(model)
+
+    def encode_products(ids: list[str]):
+        ds = GalleryProducts([data.products[p] for p in ids], image_size=kw["image_size"],
+                             geometry=kw["geometry"], text=text)
+        batch = collate([ds[i] for i in range(len(ds))])
+        return model.encode_products(
+            batch["product_pixels"].to(device), titles=batch["title_vec"].to(device),
+            title_mask=batch["title_mask"].to(device), keep_tokens=True,
+        )
+
+    records: dict[str, dict] = {}
+    if sample:
+        ds = _query_dataset(model, sample, data, text, on_error)
+        local = []
+        for number, batch in tqdm(_shard_loader(ds, batch_size, shard, num_workers), desc="mechanism",
+                                  disable=not progress, leave=False):
+            if batch.get("clip_ids"):
+                local.append((number, mech.batch_records(model, batch, rankings=rankings, ground_truth=ground_truth,
+                                                         encode_products=encode_products, device=device)))
+        for part in _merge_batches(local, shard):
+            records.update(part)
+    return mech.summarise(records, model, max_queries=max_queries)
 
 
 def _to(emb, device, float32: bool = False):
@@ -242,7 +342,12 @@ def evaluate(
     ks=DEFAULT_KS,
     return_attention: bool = False,
     progress: bool = True,
+    mechanism: bool = False,
+    mechanism_max_queries: int = 256,
+    distributed: bool = False,
 ) -> EvalResult:
+    """The per-room protocol (module docstring). ``mechanism``: add ``metrics["mechanism"]``;
+    ``distributed``: shard across the ranks of the initialised process group (every rank calls it)."""
     if mode not in ("video", "frame"):
         raise ValueError(f"mode must be 'video' or 'frame', got {mode!r}")
     if gallery not in ("main", "all"):
@@ -250,6 +355,8 @@ def evaluate(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
+    shard = current_shard() if distributed else (0, 1)
+    progress = progress and shard[0] == 0
     clips = data.split_clips(split)
     if text is None:
         text = _make_text_vectors(model, data, split)
@@ -262,7 +369,7 @@ def evaluate(
     product_ids = sorted({p for r in room_ids for p in data.rooms[r].product_ids})
     row_ids, prod_emb = encode_gallery(
         model, [data.products[p] for p in product_ids], text=text, gallery=gallery,
-        batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
+        batch_size=batch_size, device=device, num_workers=num_workers, progress=progress, shard=shard,
     )
     rows_of: dict[str, list[int]] = {}
     for i, pid in enumerate(row_ids):
@@ -276,6 +383,7 @@ def evaluate(
     q_ids, q_emb, skipped = encode_queries(
         model, queries, data, text=qtext, batch_size=batch_size, device=device,
         num_workers=num_workers, on_error=on_error, return_attention=return_attention, progress=progress,
+        shard=shard,
     )
     q_index = {q: i for i, q in enumerate(q_ids)}
 
@@ -289,14 +397,17 @@ def evaluate(
     by_gallery: dict[tuple[str, Optional[str]], list[Clip]] = {}
     for q in queries:
         by_gallery.setdefault((q.room_id, q.group if same_group_only else None), []).append(q)
-    for (room_id, group), room_queries in by_gallery.items():
+    for number, ((room_id, group), room_queries) in enumerate(by_gallery.items()):
+        for q in room_queries:
+            ground_truth[q.clip_id] = list(q.product_ids)
+        if number % shard[1] != shard[0]:  # another rank scores this gallery
+            continue
         room_products = [p for p in data.rooms[room_id].product_ids
                          if not same_group_only or data.products[p].group == group]
         rows = [i for p in room_products for i in rows_of.get(p, [])]
         row_owner = [p for p in room_products for _ in rows_of.get(p, [])]
         present = [q for q in room_queries if q.clip_id in q_index]
         for q in room_queries:
-            ground_truth[q.clip_id] = list(q.product_ids)
             gallery_sizes[q.clip_id] = len(room_products)
         if not present or not rows:
             continue
@@ -314,6 +425,17 @@ def evaluate(
             rankings[q.clip_id] = sorted(best.items(), key=lambda kv: -kv[1])
             if return_attention and q_emb.attention is not None:
                 attention[q.clip_id] = q_emb.attention[q_index[q.clip_id]].numpy()
+
+    if shard[1] > 1:  # merge the ranks' galleries, in one process's query order
+        merged_rankings, merged_sizes, merged_attention = {}, {}, {}
+        for part_rankings, part_sizes, part_attention in _all_gather((rankings, gallery_sizes, attention), shard):
+            merged_rankings.update(part_rankings)
+            merged_sizes.update(part_sizes)
+            merged_attention.update(part_attention)
+        order = [q.clip_id for room_queries in by_gallery.values() for q in room_queries]
+        rankings = {q: merged_rankings[q] for q in order if q in merged_rankings}
+        gallery_sizes = {q: merged_sizes[q] for q in order if q in merged_sizes}
+        attention = {q: merged_attention[q] for q in order if q in merged_attention}
 
     metrics = recall_summary(rankings, ground_truth, ks)
     facets: dict[str, dict[str, Optional[str]]] = {"category": {}}
@@ -340,6 +462,14 @@ def evaluate(
         "data": {"source": data.source, "root": str(data.root) if data.root else None,
                  "fingerprint": data_fingerprint(data, split)},
     }
+    if mechanism:
+        mech = mechanism_metrics(
+            model, queries, data, text=qtext, rankings=rankings, ground_truth=ground_truth, batch_size=batch_size,
+            device=device, num_workers=num_workers, on_error=on_error, max_queries=mechanism_max_queries,
+            shard=shard, progress=progress,
+        )
+        if mech is not None:
+            metrics["mechanism"] = mech
     if was_training:
         model.train()
     return EvalResult(metrics=metrics, rankings=rankings, ground_truth=ground_truth, attention=attention)
