@@ -182,6 +182,12 @@ def test_eval_cli_writes_metrics_and_rankings(synth, model, tmp_path):
         scores = [s for _, s in ranking]
         assert scores == sorted(scores, reverse=True)
     assert "R@1" in res.output
+    # the mechanism metrics of issue 9 are measured by default, and printed
+    mech = metrics["mechanism"]
+    assert mech["queries"] == len(rankings)
+    assert 0.0 < mech["tga_influence"]["mean_cos"] <= 1.0 + 1e-6 and mech["tga_pointing"]["frames"] > 0
+    assert 0.0 <= mech["smf_accuracy"]["accuracy"] <= 1.0 and mech["smf_accuracy"]["chance"] == 0.25
+    assert "TGA influence" in res.output and "SMF accuracy" in res.output
 
 
 def test_written_files_are_strict_json_with_null_for_undefined_values(tmp_path):

@@ -191,6 +191,7 @@ def test_trainer_logs_and_checkpoints(tmp_path):
     epochs = [r for r in rows if r["kind"] == "epoch"]
     assert [r["step"] for r in steps] == list(range(1, 19))
     assert set(steps[0]["losses"]) == {"ce", "reg"} and steps[0]["clips_per_s"] > 0
+    assert "pair_chance" not in steps[0]  # no L_pair, no chance level for it
     assert steps[0]["lr"] == 0.0 and steps[-1]["lr"] < steps[5]["lr"]  # warm-up from 0, cosine down
     assert [r["val"]["R@1"] for r in epochs] == [10.0, 30.0, 20.0]
     for n in (1, 2, 3):
@@ -375,6 +376,9 @@ def test_cli_train_stop_and_resume_equals_uninterrupted(tiny_lpr, tmp_path):
     # 3 rooms: one held out for validation, 2 x 4 products x 2 clips = 16 pairs = 4 steps of 4
     assert [r["step"] for r in epochs] == [4, 8, 12]
     assert {"txt", "base", "gnn", "reg", "pair"} <= set(steps[0]["losses"])
+    # L_pair is logged beside its chance level ln(1 + k) (k = 3 mined negatives), L_reg beside it
+    for r in rows:
+        assert r["pair_chance"] == pytest.approx(math.log(1 + 3)) and "reg" in r["losses"], r
     assert all("R@1" in r["val"] and r["val"]["num_queries"] == 8 for r in epochs)
     best_epoch = max(epochs, key=lambda r: (r["val"]["R@1"], -r["epoch"]))["epoch"]
     best, chosen = weights(full / "best"), weights(full / f"epoch-{best_epoch:03d}")

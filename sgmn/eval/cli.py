@@ -24,29 +24,50 @@ def register(app: typer.Typer) -> None:
         num_workers: int = typer.Option(0, "--num-workers"),
         on_error: str = typer.Option("raise", "--on-error", help="raise | skip (unreadable queries count as misses)"),
         innersource: bool = typer.Option(False, "--innersource", help="MovingFashion: rank only against products of the query's own source group (default: allsource)"),
+        mechanism: bool = typer.Option(True, "--mechanism/--no-mechanism", help="Also measure TGA influence / pointing and SMF accuracy (metrics.json 'mechanism')"),
+        mechanism_queries: int = typer.Option(256, "--mechanism-queries", min=1, help="At most this many queries for the mechanism metrics"),
     ):
-        """Evaluate a checkpoint with the per-room protocol (R@1/3/5/10, ranks, breakdowns)."""
+        """Evaluate a checkpoint with the per-room protocol (R@1/3/5/10, ranks, breakdowns).
+
+        Under torchrun (WORLD_SIZE > 1) the queries and the gallery are split across the ranks and
+        the merged result equals one process's; rank 0 writes the files."""
         import torch
 
         import sgmn
         from sgmn.data.readers import READERS, read_dataset
+        from sgmn.eval.mechanism import format_mechanism
         from sgmn.eval.protocol import evaluate, format_table
+        from sgmn.train.distributed import cleanup_distributed, local_rank, setup_distributed
 
         # Checked before the model and the data are loaded, naming the option at fault.
         for option, value, allowed in (("--format", format, tuple(READERS)), ("--mode", mode, ("video", "frame")),
                                        ("--gallery", gallery, ("main", "all")), ("--on-error", on_error, ("raise", "skip"))):
             if value not in allowed:
                 raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=option)
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = sgmn.load_model(checkpoint).to(dev)
-        dataset = read_dataset(data, format, on_error=on_error)
-        result = evaluate(model, dataset, split=split, mode=mode, gallery=gallery, batch_size=batch_size,
-                          device=dev, num_workers=num_workers, on_error=on_error, same_group_only=innersource)
-        result.metrics["model"]["checkpoint"] = str(checkpoint)
-        if dataset.skipped:
-            result.metrics["data"]["skipped_while_reading"] = dict(dataset.skipped)
-        result.write(out)
-        typer.echo(format_table(result.metrics))
-        typer.echo(f"wrote {out / 'metrics.json'} and {out / 'rankings.json'}")
-        if dataset.skipped:
-            typer.echo(f"skipped while reading: {json.dumps(dict(dataset.skipped))}")
+        distributed = setup_distributed()
+        try:
+            dev = device or (f"cuda:{local_rank()}" if torch.cuda.is_available() else "cpu")
+            model = sgmn.load_model(checkpoint).to(dev)
+            dataset = read_dataset(data, format, on_error=on_error)
+            result = evaluate(model, dataset, split=split, mode=mode, gallery=gallery, batch_size=batch_size,
+                              device=dev, num_workers=num_workers, on_error=on_error, same_group_only=innersource,
+                              mechanism=mechanism, mechanism_max_queries=mechanism_queries, distributed=distributed)
+            import torch.distributed as dist
+
+            if distributed and dist.get_rank() != 0:
+                return  # every rank holds the same merged result: rank 0 writes it
+            result.metrics["model"]["checkpoint"] = str(checkpoint)
+            if distributed:
+                result.metrics["protocol"]["ranks"] = dist.get_world_size()
+            if dataset.skipped:
+                result.metrics["data"]["skipped_while_reading"] = dict(dataset.skipped)
+            result.write(out)
+            typer.echo(format_table(result.metrics))
+            if result.metrics.get("mechanism"):
+                typer.echo(format_mechanism(result.metrics["mechanism"]))
+            typer.echo(f"wrote {out / 'metrics.json'} and {out / 'rankings.json'}")
+            if dataset.skipped:
+                typer.echo(f"skipped while reading: {json.dumps(dict(dataset.skipped))}")
+        finally:
+            if distributed:
+                cleanup_distributed()

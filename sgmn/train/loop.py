@@ -291,6 +291,13 @@ class Trainer:
             set_rng_state(rngs[self.rank])
 
     # ---- logging -----------------------------------------------------------------------------
+    def _chance(self, losses: dict) -> dict:
+        """Chance levels of the logged terms, beside them in each row: L_pair is a (1 + k)-way
+        cross-entropy (the true clip against k mined negatives), so a cross encoder that has learnt
+        nothing sits at ln(1 + k)."""
+        k = getattr(getattr(unwrap(self.model), "config", None), "smf_k", None)
+        return {"pair_chance": math.log(1 + k)} if "pair" in losses and k else {}
+
     def log(self, row: dict) -> None:
         if self.is_main:
             with open(self.out_dir / "log.jsonl", "a") as f:
@@ -390,6 +397,7 @@ class Trainer:
                             "step": self.step,
                             "loss": last_losses["loss"],
                             "losses": {k: v for k, v in last_losses.items() if k != "loss"},
+                            **self._chance(last_losses),
                             "lr": max(lrs),  # new modules; the backbone's is in lr_groups
                             "lr_groups": dict(zip(self._group_names(), lrs)),
                             "grad_norm": grad_norm,
@@ -410,6 +418,7 @@ class Trainer:
             self.micro_in_epoch = 0
             row = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "skipped_samples": self.skipped}
             row["losses"] = {k: v / max(epoch_steps, 1) for k, v in epoch_sums.items()}
+            row.update(self._chance(row["losses"]))
             metric = self._run_validation()
             if metric is not None:
                 row["val"] = metric
