@@ -3,6 +3,8 @@
 import json
 import re
 
+import torch
+
 from typer.testing import CliRunner
 
 from sgmn.cli import app
@@ -19,9 +21,24 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path):
     assert metrics["protocol"]["mode"] == "video"
     assert "R@1" in res.output and "chance R@1" in res.output  # the table is printed
     assert (out / "run" / "last" / "model.safetensors").exists()
+    # the clip-meanpool baseline trained on the same data with the same budget, printed beside SGMN
+    baseline = json.loads((out / "eval" / "clip-meanpool" / "metrics.json").read_text())
+    assert baseline["model"]["name"] == "clip-meanpool" and baseline["num_queries"] == metrics["num_queries"]
+    steps_done = [torch.load(out / run / "last" / "train_state.pt", weights_only=False)["step"]
+                  for run in ("run", "run-clip-meanpool")]
+    assert steps_done == [2, 2]  # the same budget
+    assert re.search(r"^clip-meanpool\s+\d", res.output, re.M) and re.search(r"^sgmn-tiny\s+\d", res.output, re.M)
+    assert "sgmn-tiny - clip-meanpool: R@1" in res.output
+    # SGMN's mechanism metrics measured and printed; the baseline has none
+    assert {"tga_influence", "tga_pointing", "smf_accuracy"} <= set(metrics["mechanism"]) and "mechanism" not in baseline
+    assert "TGA influence" in res.output
     html = (out / "report.html").read_text()
+    assert "<td>clip-meanpool</td>" in html and "sgmn-tiny − clip-meanpool" in html
+    assert "<h2>Per category</h2>" in html and "<h2>Mechanisms</h2>" in html and "not divergence" in html
     queries = re.findall(r"<div class='q'>", html)
     assert len(queries) == min(8, len(rankings))
+    shown_rooms = {data_room for data_room in re.findall(r"<span class='small'>room ([^<]+)</span>", html)}
+    assert len(shown_rooms) == min(len(queries), metrics["protocol"]["rooms"]) > 1  # the sample spans the rooms
     # each query shows its frames with attention, its ASR and five ranked products, hit or miss marked
     assert html.count("HIT@1") + html.count("miss@1") == len(queries)
     assert html.count("<i>ASR:</i>") == len(queries)
