@@ -74,7 +74,7 @@ def loss_plot(records: list[dict]) -> Optional[str]:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     colours = {}
     for name, (xs, ys) in sorted(series.items()):
-        colours[name] = ax.plot(xs, ys, label=name, lw=1.2)[0].get_color()
+        colours[name] = ax.plot(xs, ys, label=name, lw=1.2, marker="o" if len(xs) < 3 else None, ms=3)[0].get_color()
     if pair_chance is not None and "pair" in series:
         ax.axhline(pair_chance, ls="--", lw=1, color=colours["pair"], label=f"pair chance ln(1+k) = {pair_chance:.3f}")
     ax.set_xlabel("step")
