@@ -92,3 +92,32 @@ def test_two_ranks_give_the_rankings_and_metrics_of_one_process(tmp_path):
         assert r["attention"].keys() == reference.attention.keys()
         assert all((r["attention"][q] == reference.attention[q]).all() for q in reference.attention)
     assert reference.metrics["mechanism"]["queries"] == len(test)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_torchrun_eval_cli_writes_the_files_of_one_process(tmp_path):
+    """`torchrun --nproc_per_node=2 -m sgmn.cli eval` (gloo): rank 0 writes metrics.json and
+    rankings.json equal to a one-process `sgmn eval`'s."""
+    import subprocess
+    import sys
+
+    generate(tmp_path / "data", preset("easy", rooms=3, products_per_room=3, clips_per_product=1, frames_per_clip=4),
+             progress=False)
+    torch.manual_seed(0)
+    sgmn.create_model("sgmn-tiny", **{"vision.layers": 1, "num_frames": 4}).save_pretrained(tmp_path / "model")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    args = ["-m", "sgmn.cli", "eval", "--data", str(tmp_path / "data"), "--format", "lpr4m",
+            "--checkpoint", str(tmp_path / "model"), "--batch-size", "2", "--device", "cpu"]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=env, capture_output=True,
+                         text=True, timeout=500)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *args, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=500)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    assert two.stdout.count("wrote ") == 1  # rank 0 alone writes and prints
+    assert (tmp_path / "two" / "rankings.json").read_text() == (tmp_path / "one" / "rankings.json").read_text()
+    m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert m2["protocol"].pop("ranks") == 2
+    assert m1 == m2 and "mechanism" in m1
