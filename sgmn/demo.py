@@ -82,6 +82,8 @@ def run_demo(out: Path, preset: str = "default", seed: int = 0, model: str = "sg
         if name == model:
             result, num_frames = results[name], trained.config.num_frames
             has_attention = getattr(trained, "tga", None) is not None
+    if (out / "eval").exists():  # a previous demo's results (maybe of a baseline not trained now)
+        shutil.rmtree(out / "eval")
     result.write(out / "eval")
     for name in runs:
         if name != model:

@@ -55,8 +55,11 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path):
         assert (top in data.clips[qid].product_ids) == (mark == "HIT")
 
     # a second demo into the same folder reuses the data and replaces the run (its log is not appended to)
-    again = CliRunner().invoke(app, ["demo", "--out", str(out), "--preset", "easy", "--epochs", "1", "--max-steps", "1"])
+    again = CliRunner().invoke(app, ["demo", "--out", str(out), "--preset", "easy", "--epochs", "1", "--max-steps", "1",
+                                     "--baseline", "none"])
     assert again.exit_code == 0, again.output
     assert "reusing the synthetic 'easy' data" in again.output
     steps = [json.loads(line)["step"] for line in (out / "run" / "log.jsonl").read_text().splitlines()]
     assert steps == [1]
+    assert "clip-meanpool" not in again.output  # --baseline none: no baseline trained or printed
+    assert not (out / "eval" / "clip-meanpool").exists()  # nor a stale one left beside the new results

@@ -91,5 +91,5 @@ def test_a_model_without_tga_says_so_instead_of_showing_no_overlay(data, tmp_pat
     rankings = _rankings(data, miss="")
     html = write_report(tmp_path / "r.html", data, _metrics(50.0, "clip-meanpool"), rankings, {}, num_frames=4,
                         has_attention=False, num_queries=3).read_text()
-    assert html.count("this model has no text-guided attention") == 3
+    assert html.count("no text-guided attention map for this model") == 3
     assert "no ASR for this clip" not in html and "class='p truth'" not in html  # every query a hit

@@ -477,7 +477,7 @@ def evaluate(
 
 def format_table(metrics: dict, ks=DEFAULT_KS) -> str:
     """A short human-readable metrics table (what `sgmn eval` and the demo print)."""
-    head = " | ".join([f"R@{k:<3}" for k in ks] + ["med rank", "mean rank", "queries", "missing", "chance R@1"])
+    head = " | ".join([f"{f'R@{k}':>6}" for k in ks] + ["med rank", "mean rank", "queries", "missing", "chance R@1"])
     vals = " | ".join(
         [f"{metrics[f'R@{k}']:6.2f}" for k in ks]
         + [f"{metrics['median_rank']:8.1f}", f"{metrics['mean_rank']:9.2f}", f"{metrics['num_queries']:7d}",

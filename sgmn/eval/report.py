@@ -268,7 +268,7 @@ def write_report(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     baselines = baselines or {}
     if has_attention is None:
-        has_attention = bool(attention)
+        has_attention = bool(attention) or "tga_influence" in (metrics.get("mechanism") or {})
     queries = _spread_over_rooms([q for q in rankings if q in data.clips], data, num_queries)
     model_name = str(metrics.get("model", {}).get("name"))
     parts = [
@@ -320,7 +320,7 @@ def write_report(
         if frames:
             parts.append(f"<img src='{attention_strip(frames, att, boxes)}'><br>")
         if not has_attention:
-            parts.append("<span class='note'>this model has no text-guided attention: frames shown without overlay</span><br>")
+            parts.append("<span class='note'>no text-guided attention map for this model: frames shown without overlay</span><br>")
         elif not clip.asr:
             parts.append("<span class='note'>no ASR for this clip: TGA has no text to follow, so there is no attention overlay</span><br>")
         parts.append(f"<i>ASR:</i> {html.escape(clip.asr or '(none)')}<div class='prods'>")
