@@ -182,7 +182,20 @@ def _shard_loader(ds, batch_size: int, shard: Shard, num_workers: int):
     items = [i for b in mine for i in range(b * batch_size, min((b + 1) * batch_size, len(ds)))]
     loader = DataLoader(Subset(ds, items) if world > 1 else ds, batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=collate)
-    return zip(mine, loader)
+    return _Numbered(mine, loader)
+
+
+class _Numbered:
+    """(batch number, batch) pairs with a length, for tqdm."""
+
+    def __init__(self, numbers: list[int], loader):
+        self.numbers, self.loader = numbers, loader
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def __iter__(self):
+        return zip(self.numbers, self.loader)
 
 
 def _merge_batches(local: list, shard: Shard) -> list:
