@@ -81,6 +81,7 @@ def test_report_shows_rooms_truth_on_miss_colour_bars_notes_baseline_and_categor
     # mechanism metrics, per-category breakdown (other facets folded)
     assert "TGA influence" in html and "0.9123" in html and "1.75× a uniform" in html and "50.0% (chance 25.0%)" in html
     assert "<h2>Per category</h2>" in html and "<td>lamp</td>" in html and "by scale" in html
+    assert "<th>R@1 clip-meanpool</th>" in html  # each group beside the baseline's
     # each logged loss term explained, including why reg can rise
     for term in ("pair", "reg", "base", "total"):
         assert LOSS_TERMS[term].split(":")[0] in html

@@ -222,26 +222,31 @@ def _mechanism_section(mech: Optional[dict]) -> str:
             f"<p class='small'>{mech.get('queries')} test queries (at most {mech.get('max_queries')}).</p>")
 
 
-def _breakdown_section(metrics: dict) -> str:
+def _breakdown_section(metrics: dict, baselines: Optional[dict[str, dict]] = None) -> str:
+    """Per category (with each baseline's R@1 in the same group), other facets folded below."""
     breakdown = metrics.get("breakdown") or {}
+    baselines = baselines or {}
     if not breakdown:
         return ""
 
-    def table(groups: dict) -> str:
-        head = "<tr><th>group</th><th>queries</th><th>R@1</th><th>R@5</th><th>median rank</th></tr>"
+    def table(facet: str, groups: dict) -> str:
+        extra = [(b, (m.get("breakdown") or {}).get(facet) or {}) for b, m in baselines.items()]
+        head = ("<tr><th>group</th><th>queries</th><th>R@1</th><th>R@5</th><th>median rank</th>"
+                + "".join(f"<th>R@1 {html.escape(b)}</th>" for b, _ in extra) + "</tr>")
         body = "".join(
             f"<tr><td>{html.escape(g)}</td><td>{m.get('num_queries')}</td><td>{_fmt(m.get('R@1'))}</td>"
-            f"<td>{_fmt(m.get('R@5'))}</td><td>{_fmt(m.get('median_rank'), '.1f')}</td></tr>"
+            f"<td>{_fmt(m.get('R@5'))}</td><td>{_fmt(m.get('median_rank'), '.1f')}</td>"
+            + "".join(f"<td>{_fmt((groups_b.get(g) or {}).get('R@1'))}</td>" for _, groups_b in extra) + "</tr>"
             for g, m in groups.items()
         )
         return f"<table>{head}{body}</table>"
 
     parts = ["<h2>Per category</h2>"]
     if "category" in breakdown:
-        parts.append(table(breakdown["category"]))
+        parts.append(table("category", breakdown["category"]))
     for facet, groups in breakdown.items():
         if facet != "category":
-            parts.append(f"<details><summary>by {html.escape(facet)}</summary>{table(groups)}</details>")
+            parts.append(f"<details><summary>by {html.escape(facet)}</summary>{table(facet, groups)}</details>")
     return "".join(parts)
 
 
@@ -296,7 +301,7 @@ def write_report(
         parts.append("<p class='small'>Baselines trained on the same data with the same budget; the bold rows are "
                      "what this model adds (R@k points).</p>")
     parts.append(_mechanism_section(metrics.get("mechanism")))
-    parts.append(_breakdown_section(metrics))
+    parts.append(_breakdown_section(metrics, baselines))
     plots = [recall_plot(metrics)]
     records = read_log(Path(log_path)) if log_path is not None else []
     lp = loss_plot(records)
