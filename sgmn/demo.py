@@ -34,7 +34,7 @@ def run_demo(out: Path, preset: str = "default", seed: int = 0, model: str = "sg
     from sgmn.data.readers import read_dataset
     from sgmn.data.synthetic import generate, preset as synth_preset
     from sgmn.eval.mechanism import format_mechanism
-    from sgmn.eval.protocol import evaluate, format_table
+    from sgmn.eval.protocol import evaluate
     from sgmn.eval.report import write_report
     from sgmn.train.config import TrainConfig
     from sgmn.train.loop import train
