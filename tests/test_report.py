@@ -94,3 +94,12 @@ def test_a_model_without_tga_says_so_instead_of_showing_no_overlay(data, tmp_pat
                         has_attention=False, num_queries=3).read_text()
     assert html.count("no text-guided attention map for this model") == 3
     assert "no ASR for this clip" not in html and "class='p truth'" not in html  # every query a hit
+
+
+def test_mechanism_section_says_when_a_metric_cannot_be_measured(data, tmp_path):
+    metrics = _metrics(50.0, "sgmn-tiny")
+    metrics["mechanism"]["tga_pointing"] = {"mass_ratio": None, "frames": 0, "clips": 0, "uninformative_frames": 0}
+    metrics["mechanism"]["tga_influence"] = {"mean_cos": None, "clips": 0}
+    html = write_report(tmp_path / "r.html", data, metrics, _rankings(data, miss=""), {}, num_frames=4,
+                        num_queries=1).read_text()
+    assert "no frame has both a product box and ASR" in html and "no query has ASR" in html

@@ -205,12 +205,16 @@ def _mechanism_section(mech: Optional[dict]) -> str:
     rows = []
     if "tga_influence" in mech:
         c = mech["tga_influence"]
-        rows.append(("TGA influence", f"mean cos(v with ASR, v without ASR) = {_fmt(c['mean_cos'], '.4f')}",
+        rows.append(("TGA influence", f"mean cos(v with ASR, v without ASR) = {_fmt(c['mean_cos'], '.4f')}"
+                     if c["mean_cos"] is not None else "not measurable: no query has ASR",
                      f"{c['clips']} clips with ASR; 1.0 = the ASR changes nothing"))
     if "tga_pointing" in mech:
         p = mech["tga_pointing"]
-        rows.append(("TGA pointing", f"{_fmt(p['mass_ratio'])}× a uniform map's mass in the product box",
-                     f"{p['frames']} frames with a box and ASR; 1.0 = no better than uniform"))
+        if p["mass_ratio"] is None:
+            rows.append(("TGA pointing", "not measurable: no frame has both a product box and ASR", "boxes come from the data"))
+        else:
+            rows.append(("TGA pointing", f"{_fmt(p['mass_ratio'])}× a uniform map's mass in the product box",
+                         f"{p['frames']} frames with a box and ASR; 1.0 = no better than uniform"))
     if "smf_accuracy" in mech:
         a = mech["smf_accuracy"]
         acc = _fmt(100 * a["accuracy"], ".1f") if a["accuracy"] is not None else "–"
