@@ -177,6 +177,15 @@ def read_clip(path: PathLike, asr: Optional[str] = None, *, skipped: Optional[Co
         raise DataError(f"a clip must be a video ({', '.join(VIDEO_EXTENSIONS)}) or a folder of frames", file=path)
     else:
         raise DataError("clip does not exist", file=path)
+    if asr is not None:
+        try:
+            asr.encode("utf-8")
+        except UnicodeEncodeError:
+            # bytes that were not UTF-8 arrive from the command line as lone surrogates
+            # (Python's surrogateescape); they would crash the tokenizer much later
+            raise DataError(
+                "the ASR text (--asr) is not valid UTF-8; convert it first (e.g. iconv -f gbk -t utf-8)"
+            ) from None
     if asr is None:
         asr_path = _asr_file(path)
         if asr_path is not None:
