@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sgmn.data.records import Clip, LPRData, Product
+from sgmn.errors import DataError
 from sgmn.model.checkpoint import model_fingerprint
 from sgmn.eval.metrics import DEFAULT_KS, breakdown, chance_recall_at_1, recall_summary
 
@@ -143,17 +145,25 @@ def _dataset_kwargs(model) -> dict:
 # ---------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def encode_gallery(model, products: list[Product], *, text, gallery: Gallery, batch_size: int,
-                   device, num_workers: int = 0, progress: bool = True):
-    """Encode every product once. Returns (product ids of rows, ProductEmbeddings on CPU)."""
+                   device, num_workers: int = 0, progress: bool = True, on_error: str = "raise",
+                   skips: Optional[Counter] = None):
+    """Encode every product once. Returns (product ids of rows, ProductEmbeddings on CPU).
+
+    Under ``on_error="skip"`` an unreadable image has no row (its product cannot be ranked, so a
+    query of it is a miss) and is counted in ``skips["gallery images"]``."""
     from sgmn.data.dataset import GalleryProducts, collate
 
     kw = _dataset_kwargs(model)
     ds = GalleryProducts(products, image_size=kw["image_size"], geometry=kw["geometry"], text=text,
-                         all_images=(gallery == "all"))
+                         all_images=(gallery == "all"), on_error=on_error)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
     ids: list[str] = []
     parts = []
     for batch in tqdm(loader, desc="gallery", disable=not progress, leave=False):
+        if skips is not None:
+            skips["gallery images"] += int(batch.get("skipped", 0))
+        if not batch.get("product_ids"):
+            continue  # every image of this batch was unreadable (and skipped)
         emb = model.encode_products(
             batch["product_pixels"].to(device),
             titles=batch["title_vec"].to(device) if "title_vec" in batch else None,
@@ -260,10 +270,14 @@ def evaluate(
     if missing_rooms:
         raise KeyError(f"queries refer to rooms without a gallery: {missing_rooms[:5]}")
     product_ids = sorted({p for r in room_ids for p in data.rooms[r].product_ids})
+    gallery_skips: Counter = Counter()
     row_ids, prod_emb = encode_gallery(
         model, [data.products[p] for p in product_ids], text=text, gallery=gallery,
         batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
+        on_error=on_error, skips=gallery_skips,
     )
+    if not row_ids:
+        raise DataError("no gallery image could be read (every one was skipped as unreadable)")
     rows_of: dict[str, list[int]] = {}
     for i, pid in enumerate(row_ids):
         rows_of.setdefault(pid, []).append(i)
@@ -327,6 +341,7 @@ def evaluate(
         **metrics,
         "chance_R@1": chance_recall_at_1(ground_truth, gallery_sizes),
         "num_skipped_unreadable": skipped,
+        "num_skipped_gallery_images": gallery_skips["gallery images"],
         "breakdown": breakdown(rankings, ground_truth, facets, ks),
         "protocol": {
             "split": split, "mode": mode, "gallery": gallery, "window": window if mode == "frame" else None,
