@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional, Union
 
-from sgmn.data.readers.common import IMAGE_EXTENSIONS, read_tsv_rows
+from sgmn.data.readers.common import IMAGE_EXTENSIONS, parse_json_strict, read_tsv_rows
 from sgmn.data.records import Clip, LPRData, Product, Room
 from sgmn.errors import DataError, ErrorPolicy, OnError
 
@@ -66,7 +66,7 @@ def read_titles(path: PathLike) -> dict[str, str]:
     titles: dict[str, str] = {}
     if path.suffix.lower() == ".json":
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw = parse_json_strict(path.read_text(encoding="utf-8"), path)  # a repeated id is an error
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read titles JSON ({exc})", file=path) from None
         if not isinstance(raw, dict):
