@@ -40,7 +40,15 @@ from sgmn.retrieval.index import (
     gallery_matrix,
     query_matrix,
 )
-from sgmn.retrieval.store import GalleryStore, NewProduct, ProductRecord, ProductVectors, RoomVectors
+from sgmn.retrieval.store import (
+    EncodedImage,
+    GalleryStore,
+    NewProduct,
+    ProductRecord,
+    ProductVectors,
+    RoomVectors,
+    encode_copy,
+)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
@@ -166,6 +174,15 @@ def _load_product_image(src, where: str):
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
         raise DataError(f"image must be a path, a PIL image or HxWx3 uint8, got shape {arr.shape}", key=where)
     return Image.fromarray(arr)
+
+
+def _decode_copy(copy: EncodedImage):
+    from io import BytesIO
+
+    from PIL import Image
+
+    with Image.open(BytesIO(copy.data)) as img:
+        return img.convert("RGB")
 
 
 @dataclass
@@ -421,7 +438,13 @@ class Retriever:
                 sources, decoded = [], []
                 for i, src in enumerate(images):
                     try:
-                        decoded.append(_load_product_image(src, f"{pid}[{i}]"))
+                        image = _load_product_image(src, f"{pid}[{i}]")
+                        if not isinstance(src, (str, Path)):
+                            # an image in memory is stored as a bounded JPEG copy; the model
+                            # encodes that copy, so re-indexing from the store changes nothing
+                            src = encode_copy(image)
+                            image = _decode_copy(src)
+                        decoded.append(image)
                         sources.append(src)
                     except MediaError as err:
                         if on_error == "raise":

@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS products (
 );
 """
 
-ImageSource = Union[str, Path, "PIL.Image.Image"]  # noqa: F821
+ImageSource = Union[str, Path, "PIL.Image.Image", "EncodedImage"]  # noqa: F821
 
 
 @dataclass(frozen=True)
@@ -139,18 +139,35 @@ STORED_IMAGE_QUALITY = 90
 STORED_IMAGE_MAX_SIDE = 2048
 
 
-def _save_copy(image, f) -> None:
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image already encoded the way the store keeps it (see :func:`encode_copy`)."""
+
+    data: bytes
+    suffix: str = ".jpg"
+
+
+def encode_copy(image) -> EncodedImage:
+    """The stored form of a decoded image: JPEG, longest side capped. Callers that compute
+    vectors should decode *this* (as the Retriever does), so a later re-index from the stored
+    copy gives the same vectors."""
+    import io
+
     from PIL import Image
 
     image = image.convert("RGB")
     if max(image.size) > STORED_IMAGE_MAX_SIDE:
         image = image.copy()
         image.thumbnail((STORED_IMAGE_MAX_SIDE, STORED_IMAGE_MAX_SIDE), Image.Resampling.LANCZOS)
-    image.save(f, format="JPEG", quality=STORED_IMAGE_QUALITY)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=STORED_IMAGE_QUALITY)
+    return EncodedImage(buf.getvalue())
 
 
 def _source_name(src: ImageSource, i: int) -> str:
-    return Path(src).name if isinstance(src, (str, Path)) else f"image-{i}.jpg"
+    if isinstance(src, (str, Path)):
+        return Path(src).name
+    return f"image-{i}{src.suffix if isinstance(src, EncodedImage) else '.jpg'}"
 
 
 def _image_suffix(src: ImageSource) -> str:
@@ -159,7 +176,7 @@ def _image_suffix(src: ImageSource) -> str:
         if 1 < len(suffix) <= 6 and suffix[1:].isalnum():
             return suffix
         return ".img"
-    return ".jpg"
+    return src.suffix if isinstance(src, EncodedImage) else ".jpg"
 
 
 class GalleryStore:
@@ -400,8 +417,10 @@ class GalleryStore:
         for i, src in enumerate(p.images):
             name = f"{p.product_id}-{token}-{i}{_image_suffix(src)}"
             dest = image_dir / name
-            if isinstance(src, Image.Image):
-                _fsync_write(dest, lambda f, im=src: _save_copy(im, f))
+            if isinstance(src, EncodedImage):
+                _fsync_write(dest, lambda f, e=src: f.write(e.data))
+            elif isinstance(src, Image.Image):
+                _fsync_write(dest, lambda f, im=src: f.write(encode_copy(im).data))
             else:
                 _fsync_write(dest, lambda f, s=src: f.write(Path(s).read_bytes()))
             written.append(dest)
