@@ -42,6 +42,9 @@ def register(app: typer.Typer) -> None:
         if auth not in ("writes", "all"):
             _fail(f"--auth must be 'writes' or 'all', got {auth!r}")
         token = _read_token(token_file)
+        for pattern in allow_host or []:
+            if "*" in pattern[1:] or (pattern.startswith("*") and not pattern.startswith("*.") and pattern != "*"):
+                _fail(f"--allow-host {pattern!r}: a wildcard may only start a pattern, as in '*.example.com'")
         try:
             retriever = Retriever.open(store, model=checkpoint)
         except SGMNError as err:  # a locked or corrupt store, an unreadable checkpoint
