@@ -8,6 +8,12 @@ Frame sampling follows the evaluation protocol: ``num_frames`` indices from
 ``floor(linspace(0, n, num_frames, endpoint=False))``. A clip shorter than ``num_frames`` yields
 each of its frames once (no duplicates); the torch datasets pad the rest and mark it in
 ``frame_mask``.
+
+Untrusted media is bounded before heavy work: images are opened only in the formats of
+:data:`IMAGE_FORMATS`; a video's size, frame count, duration and decoding work are checked
+against :class:`VideoLimits` from its metadata and packet table before a frame is decoded, and
+only the sampled frames are decoded (seeking to the keyframe before each). Only what the model
+uses is decoded: JPEG draft mode and in-decoder scaling when a ``decode_size`` is given.
 """
 
 from __future__ import annotations
