@@ -23,3 +23,14 @@ def test_smoke_mode_exits_zero_and_writes_nothing(tmp_path, monkeypatch, capsys)
     assert data_speed.main(["--smoke"]) == 0
     assert "generate (wall s)" in capsys.readouterr().out
     assert not doc.exists()
+
+
+def test_loader_throughput_measures_every_case_and_reports_cores_for_8_gpus():
+    rows = data_speed.measure_loader(**data_speed.SMOKE_LOADER)
+    modes = {(r["source"].split(" ")[1], r["mode"]) for r in rows}
+    assert modes == {("JPEG", "draft mode at the model size"), ("JPEG", "full decode"),
+                     ("H.264", "seek + scale in the decoder"), ("H.264", "seek, full-size frames")}
+    for r in rows:
+        assert r["frames"] > 0 and r["frames_per_s"] == r["frames"] / r["wall_s"]
+    text = data_speed.loader_markdown(rows, data_speed.common.machine_info(), "cmd")
+    assert "Cores for 8 GPUs" in text and "frames per CPU-second" in text

@@ -277,3 +277,21 @@ def test_innersource_ranks_only_products_of_the_querys_source_group(synth, model
             assert s == pytest.approx(full[p], abs=1e-5)
         assert len(ranking) < len(full)
     assert set(inner.metrics["breakdown"]["group"]) == {"regular", "hard"}  # reported separately
+
+
+def test_unreadable_gallery_image_is_a_counted_skip_not_a_crash(synth, model, tmp_path):
+    """A 0-byte shop image: an error naming it by default, a counted skip under on_error='skip'
+    (the product has no row, so its queries are misses)."""
+    data = read_dataset(synth, "lpr4m")
+    query = data.split_clips("test")[0]
+    product = data.products[query.product_ids[0]]
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    product.image_paths = [empty]
+    with pytest.raises(Exception, match="empty.jpg"):
+        evaluate(model, data, "test", progress=False)
+    result = evaluate(model, data, "test", on_error="skip", progress=False)
+    assert result.metrics["num_skipped_gallery_images"] == 1
+    ranked = {pid for ranking in result.rankings.values() for pid, _ in ranking}
+    assert product.product_id not in ranked and ranked
+    assert result.metrics["num_queries"] == len(data.split_clips("test"))

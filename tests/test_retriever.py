@@ -156,7 +156,7 @@ def test_update_remove_and_errors(tmp_path, model, shop):
         assert r.get_product("room", "p4").title == "white sneakers"
         r.update_product("room", "p4", images=[_img(77)], title=KEEP)
         assert r.get_product("room", "p4").title == "white sneakers"
-        assert r.get_product("room", "p4").source_names == ["image-0.png"]
+        assert r.get_product("room", "p4").source_names == ["image-0.jpg"]
         after = {h.product_id: h.score for h in r.query("room", frames, asr=asr, top_k=5).hits}
         expected_p4 = _expected_scores(model, [("p4", [r.get_product("room", "p4").main_image], "white sneakers")], frames, asr)
         assert after["p4"] == pytest.approx(expected_p4["p4"], abs=1e-4) and after["p4"] != pytest.approx(before["p4"])

@@ -50,9 +50,9 @@ def test_products_survive_reopen_with_vectors_titles_and_copied_images(tmp_path)
         assert store.list_rooms() == ["live-1"]
         p1, p2 = store.list_products("live-1")
         assert (p1.product_id, p1.title, p2.title) == ("p1", "red dress", None)
-        assert p1.source_names == ["red.jpg", "image-1.png"]
+        assert p1.source_names == ["red.jpg", "image-1.jpg"]  # decoded images are stored as JPEG
         assert all(p.is_file() and store.root in p.parents for p in p1.image_paths)
-        assert Image.open(p1.image_paths[1]).getpixel((0, 0)) == (0, 0, 255)
+        assert np.abs(np.subtract(Image.open(p1.image_paths[1]).getpixel((0, 0)), (0, 0, 255))).max() <= 3
         v = store.load_vectors(p1)
         np.testing.assert_array_equal(v.images, _vectors(1, 2).images)
         np.testing.assert_array_equal(v.title, _vectors(1, 2).title)
@@ -234,7 +234,8 @@ def test_sigkill_at_each_step_of_a_replace_leaves_one_whole_version(tmp_path, po
         assert store.check_report.orphans_removed == 2
         (record,) = store.list_products("live")
         assert record.title == title
-        assert Image.open(record.main_image).convert("RGB").getpixel((0, 0)) == colour
+        pixel = Image.open(record.main_image).convert("RGB").getpixel((0, 0))
+        assert np.abs(np.subtract(pixel, colour)).max() <= 3  # a JPEG copy of a flat colour
         expected = np.random.default_rng(seed).standard_normal((1, 4)).astype(np.float32)
         np.testing.assert_array_equal(store.load_vectors(record).images, expected)
         on_disk = {p for sub in ("images", "vectors") for p in (store_dir / sub).rglob("*") if p.is_file()}

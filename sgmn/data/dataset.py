@@ -136,7 +136,8 @@ class _ClipFrames:
             # the sampled count is known before reading: skip reading the frames cut off
             keep_first = truncate(min(len(clip.frame_paths), self.num_frames))
         images, boxes, indices = load_clip_frames(
-            clip, self.num_frames, video_fps=self.video_fps, keep_first=keep_first, product_id=product_id
+            clip, self.num_frames, video_fps=self.video_fps, keep_first=keep_first, product_id=product_id,
+            decode_size=self.transform.resize_size,  # decode no more pixels than the model uses
         )
         if truncate is not None and not clip.frame_paths:
             # a video's frame count is known only after decoding

@@ -8,10 +8,17 @@ Frame sampling follows the evaluation protocol: ``num_frames`` indices from
 ``floor(linspace(0, n, num_frames, endpoint=False))``. A clip shorter than ``num_frames`` yields
 each of its frames once (no duplicates); the torch datasets pad the rest and mark it in
 ``frame_mask``.
+
+Untrusted media is bounded before heavy work: images are opened only in the formats of
+:data:`IMAGE_FORMATS`; a video's size, frame count, duration and decoding work are checked
+against :class:`VideoLimits` from its metadata and packet table before a frame is decoded, and
+only the sampled frames are decoded (seeking to the keyframe before each). Only what the model
+uses is decoded: JPEG draft mode and in-decoder scaling when a ``decode_size`` is given.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
@@ -49,37 +56,83 @@ def sample_indices(
     return [int(min(i, n - 1)) for i in np.floor(picks)]
 
 
-def load_image(path: PathLike) -> Image.Image:
+# Formats read by Pillow here: what photos and frames come as. Anything else (EPS, which runs
+# Ghostscript, PSD, ICNS, ...) is refused before a decoder is chosen. (Pillow's JPEG opener
+# also reads MPO, the JPEG variant many phones write.)
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# Uploads to the service: the same minus TIFF (a container of many codecs nobody uploads).
+UPLOAD_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+
+
+def load_image(path: PathLike, draft_size: Optional[tuple[int, int]] = None) -> Image.Image:
     """Open an image file as a fully decoded RGB ``PIL.Image``.
 
     The pixels are decoded here (not lazily), so a truncated or corrupt file fails now, with
-    its name, rather than later inside a transform.
+    its name, rather than later inside a transform. ``draft_size`` (w, h): a JPEG is decoded
+    at the smallest of 1/1, 1/2, 1/4, 1/8 scale that is still at least that size (libjpeg's
+    draft mode: far less work when a 720p frame only feeds a 224 px model); other formats
+    are decoded in full. See :func:`image_scale` for mapping boxes onto the smaller image.
     """
     path = Path(path)
     if not path.is_file():
         raise MediaError("image file not found" if not path.exists() else "not a file", file=path)
-    return decode_image(path, name=path)
+    return decode_image(path, name=path, draft_size=draft_size)
 
 
-def decode_image(source, name: PathLike, max_pixels: Optional[int] = None) -> Image.Image:
+def decode_image(
+    source,
+    name: PathLike,
+    max_pixels: Optional[int] = None,
+    formats: tuple[str, ...] = IMAGE_FORMATS,
+    draft_size: Optional[tuple[int, int]] = None,
+) -> Image.Image:
     """Decode an image (a path or a binary file object) completely to RGB; errors name ``name``.
 
     With ``max_pixels`` the size is checked from the header, before decoding, so a small file
-    cannot expand into a huge bitmap.
+    cannot expand into a huge bitmap. Only ``formats`` are tried (others are refused unread).
+    The returned image's ``info["source_size"]`` is the size before any draft scaling.
     """
     try:
-        with Image.open(source) as img:
+        with Image.open(source, formats=list(formats)) as img:
             if max_pixels is not None and img.width * img.height > max_pixels:
                 raise MediaError(
                     f"image is {img.width}x{img.height} pixels, more than the limit of {max_pixels}", file=name
                 )
+            source_size = img.size
+            if draft_size is not None and img.format in ("JPEG", "MPO"):
+                img.draft("RGB", draft_size)
             img.load()
-            return img.convert("RGB")
+            out = img.convert("RGB")
+            out.info["source_size"] = source_size
+            return out
     except UnidentifiedImageError:
-        raise MediaError("not a readable image (unknown or corrupt format)", file=name) from None
+        raise MediaError(
+            f"not a readable image in an accepted format ({', '.join(formats)}), or corrupt", file=name
+        ) from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         # Pillow reports truncated / broken data as OSError ("image file is truncated ...")
         raise MediaError(f"cannot decode image: {err}", file=name) from None
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """Bounds checked from the container / stream metadata *before* any frame is decoded, so a
+    small hostile file (a huge resolution, a million tiny P-frames) is refused in milliseconds.
+
+    ``max_decode_frames`` / ``max_decode_pixels`` bound the work of one call: the frames that
+    must be decoded to reach the sampled ones (from the keyframe before each, see
+    :func:`decode_video`), times their size. ``None`` switches a check off.
+    """
+
+    max_pixels: Optional[int] = 4096 * 2160  # one frame, width x height (DCI 4K)
+    max_frames: Optional[int] = 108_000  # frames in the clip (one hour at 30 fps)
+    max_duration_s: Optional[float] = 3600.0
+    max_decode_frames: Optional[int] = 2_000
+    max_decode_pixels: Optional[int] = 2_000_000_000  # about 1,000 1080p or 2,200 720p frames
+
+
+DEFAULT_VIDEO_LIMITS = VideoLimits()
+NO_VIDEO_LIMITS = VideoLimits(None, None, None, None, None)
 
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.VideoStream:
@@ -90,49 +143,146 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.vide
     return stream
 
 
-def _count_frames(path: Path) -> int:
-    """Frame count from the container header, else by counting the stream's packets."""
+def _check_header(container, stream, path: Path, limits: VideoLimits) -> tuple[int, int]:
+    """Refuse what the metadata already shows to be too large; returns (width, height)."""
+    width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+    _check_size(width, height, path, limits)
+    duration = None
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / av.time_base
+    if limits.max_duration_s is not None and duration is not None and duration > limits.max_duration_s:
+        raise MediaError(f"video lasts {duration:.0f} s, more than the limit of {limits.max_duration_s:g} s", file=path)
+    if limits.max_frames is not None and stream.frames and stream.frames > limits.max_frames:
+        raise MediaError(f"video has {stream.frames} frames, more than the limit of {limits.max_frames}", file=path)
+    return width, height
+
+
+def _check_size(width: int, height: int, path: Path, limits: VideoLimits) -> None:
+    if limits.max_pixels is not None and width * height > limits.max_pixels:
+        raise MediaError(
+            f"video is {width}x{height} pixels, more than the limit of {limits.max_pixels} per frame", file=path
+        )
+
+
+def _frame_table(path: Path, limits: VideoLimits):
+    """``(pts in presentation order, keyframe flags, width, height, time_base, rate)`` from the
+    packets alone (demuxing reads no pixels); pts is None when a packet has no timestamp."""
     with av.open(str(path)) as container:
         stream = _video_stream(container, path)
-        if stream.frames:
-            return int(stream.frames)
-        return sum(1 for packet in container.demux(stream) if packet.size > 0)
+        width, height = _check_header(container, stream, path, limits)
+        entries = []
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the demuxer's end-of-stream marker
+                continue
+            entries.append((packet.pts, bool(packet.is_keyframe)))
+            if limits.max_frames is not None and len(entries) > limits.max_frames:
+                raise MediaError(f"video has more than the limit of {limits.max_frames} frames", file=path)
+        rate = float(stream.average_rate) if stream.average_rate else None
+        time_base = stream.time_base
+    if any(pts is None for pts, _ in entries) or len({pts for pts, _ in entries}) != len(entries):
+        return None, None, width, height, time_base, rate
+    entries.sort()
+    return [p for p, _ in entries], [k for _, k in entries], width, height, time_base, rate
 
 
-def _decode(path: Path, wanted: Optional[set[int]], fps: Optional[float]):
-    """One decoding pass: ``(arrays, indices, frames_decoded)``.
+def _thin_by_fps(times: list[float], fps: float) -> list[int]:
+    """Positions of the first frame at or after each multiple of ``1/fps`` seconds."""
+    keep, next_time = [], 0.0
+    start = times[0] if times else 0.0
+    for i, time in enumerate(times):
+        # small tolerance: timestamps are rounded to the stream's time base
+        if time - start + 1e-6 < next_time:
+            continue
+        keep.append(i)
+        while next_time <= time - start + 1e-6:
+            next_time += 1.0 / fps
+    return keep
 
-    Keeps the frames whose decode-order index is in ``wanted`` (all when ``None``); with ``fps``
-    keeps the first frame at or after each multiple of ``1/fps`` seconds instead.
+
+def _decode_plan(wanted: list[int], keyframes: list[bool]) -> tuple[list[tuple[int, int]], int]:
+    """Segments ``(start, end)`` of presentation positions to decode, and their total length.
+
+    Each wanted frame is reached from the keyframe before it, unless decoding on from the
+    previous segment is no longer (then the segments merge): every frame is decoded at most once.
     """
-    arrays: list[np.ndarray] = []
-    indices: list[int] = []
+    last_key, key_before = 0, []
+    for i, key in enumerate(keyframes):
+        if key:
+            last_key = i
+        key_before.append(last_key)
+    segments: list[list[int]] = []
+    for i in sorted(wanted):
+        start = key_before[i]
+        if segments and start <= segments[-1][1] + 1:
+            segments[-1][1] = i
+        else:
+            segments.append([start, i])
+    return [(s, e) for s, e in segments], sum(e - s + 1 for s, e in segments)
+
+
+def _check_work(frames: int, width: int, height: int, path: Path, limits: VideoLimits, why: str) -> None:
+    if limits.max_decode_frames is not None and frames > limits.max_decode_frames:
+        raise MediaError(
+            f"{why} needs decoding {frames} frames, more than the limit of {limits.max_decode_frames} "
+            f"(too few keyframes or too many frames)", file=path
+        )
+    if limits.max_decode_pixels is not None and frames * width * height > limits.max_decode_pixels:
+        raise MediaError(
+            f"{why} needs decoding {frames} frames of {width}x{height}, more than the limit of "
+            f"{limits.max_decode_pixels} pixels", file=path
+        )
+
+
+def _to_array(frame, min_side: Optional[int]) -> np.ndarray:
+    """RGB array of a decoded frame; with ``min_side``, scaled down (by swscale, keeping the
+    aspect ratio) so its shorter side is ``min_side`` (never scaled up)."""
+    w, h = frame.width, frame.height
+    if min_side is not None and min(w, h) > min_side:
+        scale = min_side / min(w, h)
+        return frame.to_ndarray(width=max(1, round(w * scale)), height=max(1, round(h * scale)), format="rgb24")
+    return frame.to_ndarray(format="rgb24")
+
+
+def _decode_seeking(path, pts, segments, wanted, width, height, limits, min_side):
+    """Decode ``segments`` (seeking to each one's keyframe); returns ``{position: array}``."""
+    position_of = {p: i for i, p in enumerate(pts)}
+    wanted_pts = {pts[i] for i in wanted}
+    found: dict[int, np.ndarray] = {}
+    budget = _runtime_budget(sum(e - s + 1 for s, e in segments), width, height, limits)
     decoded = 0
     with av.open(str(path)) as container:
         stream = _video_stream(container, path)
-        rate = float(stream.average_rate) if stream.average_rate else None
-        start_time: Optional[float] = None
-        next_time = 0.0
-        for index, frame in enumerate(container.decode(stream)):
-            decoded += 1
-            if fps is not None:
-                time = frame.time
-                if time is None:
-                    if rate is None:
-                        raise MediaError("video has neither timestamps nor a frame rate", file=path)
-                    time = index / rate
-                if start_time is None:
-                    start_time = time
-                # small tolerance: timestamps are rounded to the stream's time base
-                if time - start_time + 1e-6 < next_time:
+        current = -1  # position of the last frame decoded
+        for start, end in segments:
+            if start > current + 1:
+                container.seek(pts[start], stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                decoded += 1
+                if decoded > budget:
+                    raise MediaError("video needs more decoding than its metadata said (limit reached)", file=path)
+                _check_size(frame.width, frame.height, path, limits)
+                position = position_of.get(frame.pts)
+                if position is None:
                     continue
-                while next_time <= time - start_time + 1e-6:
-                    next_time += 1.0 / fps
-            elif wanted is not None and index not in wanted:
-                continue
-            arrays.append(frame.to_ndarray(format="rgb24"))
-            indices.append(index)
-    return arrays, indices, decoded
+                current = max(current, position)
+                if frame.pts in wanted_pts and position not in found:
+                    found[position] = _to_array(frame, min_side)
+                if position >= end:
+                    break
+    return found
+
+
+def _runtime_budget(planned: int, width: int, height: int, limits: VideoLimits) -> int:
+    """Frames a decoding pass may really decode: the plan plus slack for reordered frames,
+    never more than twice the limits (so a file whose metadata lies is still bounded)."""
+    caps = [planned * 2 + 64]
+    if limits.max_decode_frames is not None:
+        caps.append(2 * limits.max_decode_frames)
+    if limits.max_decode_pixels is not None and width * height > 0:
+        caps.append(2 * limits.max_decode_pixels // (width * height))
+    return max(1, min(caps))
 
 
 def decode_video(
@@ -140,14 +290,22 @@ def decode_video(
     num_frames: Optional[int] = None,
     fps: Optional[float] = None,
     rng: Optional[np.random.Generator] = None,
+    *,
+    limits: VideoLimits = DEFAULT_VIDEO_LIMITS,
+    min_side: Optional[int] = None,
 ) -> tuple[list[np.ndarray], list[int]]:
     """Decode frames of a video file: ``(HxWx3 uint8 RGB arrays, their frame indices)``.
 
     ``fps`` first thins the video to that many frames per second (by timestamp); ``num_frames``
     then samples uniformly (see :func:`sample_indices`) from all frames, or from the thinned ones.
-    Indices are always positions in the video's full decode order (what per-frame annotations
-    such as MovingFashion tracklets are keyed by). The whole file is decoded sequentially, which
-    is simple and right for the short clips of live-commerce data.
+    Indices are positions in the video's presentation order (what per-frame annotations such as
+    MovingFashion tracklets are keyed by). ``min_side`` scales the frames down (in the decoder's
+    scaler, aspect ratio kept) so their shorter side is that many pixels.
+
+    Only what is used is decoded: the frame table comes from the packets (no pixels), the
+    metadata is checked against ``limits`` first, and each sampled frame is reached by seeking
+    to the keyframe before it. Files without timestamps are decoded from the start, within the
+    same limits.
     """
     path = Path(path)
     if not path.is_file():
@@ -155,29 +313,73 @@ def decode_video(
     if fps is not None and fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     try:
-        if fps is not None:
-            arrays, indices, _ = _decode(path, None, fps)
-            if num_frames is not None:
-                keep = sample_indices(len(arrays), num_frames, rng)
-                arrays, indices = [arrays[i] for i in keep], [indices[i] for i in keep]
-        elif num_frames is None:
-            arrays, indices, _ = _decode(path, None, None)
-        else:
-            expected = _count_frames(path)
-            wanted = sample_indices(expected, num_frames, rng)
-            arrays, indices, decoded = _decode(path, set(wanted), None)
-            if decoded != expected and decoded > 0:
-                # the header / packet count was wrong (e.g. a truncated file): sample again
-                # from what really decodes so the frames are still spread over the whole clip
-                wanted = sample_indices(decoded, num_frames, rng)
-                arrays, indices, _ = _decode(path, set(wanted), None)
+        pts, keyframes, width, height, time_base, rate = _frame_table(path, limits)
+        if pts is not None and pts:
+            if fps is not None:
+                candidates = _thin_by_fps([float(p * time_base) for p in pts], fps)
+            else:
+                candidates = list(range(len(pts)))
+            wanted = [candidates[i] for i in sample_indices(len(candidates), num_frames, rng)]
+            segments, work = _decode_plan(wanted, keyframes)
+            _check_work(work, width, height, path, limits, f"sampling {len(wanted)} frames")
+            found = _decode_seeking(path, pts, segments, wanted, width, height, limits, min_side)
+            if len(found) == len(wanted):
+                return [found[i] for i in wanted], wanted
+            # some frames in the table do not decode (a damaged file): sample again below from
+            # what really decodes, so the frames still spread over the whole clip
+        arrays, positions = _decode_sequential_sampled(path, width, height, limits, num_frames, fps, rng, rate, min_side)
     except MediaError:
         raise
     except (av.FFmpegError, OSError, ValueError, IndexError) as err:
         raise MediaError(f"cannot decode video: {err}", file=path) from None
     if not arrays:
         raise MediaError("no decodable video frames", file=path)
-    return arrays, indices
+    return arrays, positions
+
+
+def _decode_sequential_sampled(path, width, height, limits, num_frames, fps, rng, rate, min_side):
+    """The fallback: a first pass finds what really decodes (and when), a second keeps the
+    sampled frames; only those are ever held in memory."""
+    budget = _sequential_budget(width, height, limits)
+
+    def frames(container):
+        stream = _video_stream(container, path)
+        for position, frame in enumerate(container.decode(stream)):
+            if position >= budget:
+                raise MediaError(f"video has more frames than can be decoded within the limits ({budget})", file=path)
+            _check_size(frame.width, frame.height, path, limits)
+            yield position, frame
+
+    times: list[float] = []
+    with av.open(str(path)) as container:
+        for position, frame in frames(container):
+            time = frame.time
+            if time is None:
+                if fps is not None and rate is None:
+                    raise MediaError("video has neither timestamps nor a frame rate", file=path)
+                time = position / rate if rate else float(position)
+            times.append(time)
+    candidates = _thin_by_fps(times, fps) if fps is not None else list(range(len(times)))
+    chosen = [candidates[i] for i in sample_indices(len(candidates), num_frames, rng)]
+    wanted = set(chosen)
+    arrays: dict[int, np.ndarray] = {}
+    with av.open(str(path)) as container:
+        for position, frame in frames(container):
+            if position in wanted:
+                arrays[position] = _to_array(frame, min_side)
+            if position >= (chosen[-1] if chosen else -1):
+                break
+    chosen = [p for p in chosen if p in arrays]
+    return [arrays[p] for p in chosen], chosen
+
+
+def _sequential_budget(width: int, height: int, limits: VideoLimits) -> int:
+    caps = []
+    if limits.max_decode_frames is not None:
+        caps.append(limits.max_decode_frames)
+    if limits.max_decode_pixels is not None and width * height > 0:
+        caps.append(limits.max_decode_pixels // (width * height))
+    return max(1, min(caps)) if caps else 10**12
 
 
 def _rescale_box(box: Box, source_hw: tuple[int, int], image: Image.Image) -> Box:
@@ -198,6 +400,8 @@ def load_clip_frames(
     video_fps: Optional[float] = None,
     keep_first: Optional[int] = None,
     product_id: Optional[str] = None,
+    decode_size: Optional[int] = None,
+    video_limits: VideoLimits = DEFAULT_VIDEO_LIMITS,
 ) -> tuple[list[Image.Image], list[Optional[Box]], list[int]]:
     """Sampled frames of a clip as RGB images, with their boxes and frame indices.
 
@@ -206,8 +410,12 @@ def load_clip_frames(
     frame had another size than the file). Video clips are
     decoded (optionally thinned to ``video_fps`` first); their boxes come from
     ``clip.video_boxes`` by frame index. ``keep_first`` keeps only that many of the sampled frames
-    (training-time temporal truncation), without reading the others.
+    (training-time temporal truncation), without reading the others. ``decode_size``: the
+    frames are only needed at that size (a model input side): JPEG frames are decoded in draft
+    mode and video frames scaled in the decoder so both sides stay >= ``decode_size``; boxes
+    are mapped onto the smaller frames.
     """
+    draft = (decode_size, decode_size) if decode_size is not None else None
     if clip.frame_paths:
         indices = sample_indices(len(clip.frame_paths), num_frames, rng)
         if keep_first is not None:
@@ -215,18 +423,38 @@ def load_clip_frames(
         images, boxes = [], []
         clip_boxes = clip.boxes_for(product_id)
         for i in indices:
-            image = load_image(clip.frame_paths[i])
+            image = load_image(clip.frame_paths[i], draft_size=draft)
             box = clip_boxes[i] if clip_boxes is not None and i < len(clip_boxes) else None
-            if box is not None and clip.frame_sizes is not None and i < len(clip.frame_sizes):
-                box = _rescale_box(box, clip.frame_sizes[i], image)
+            if box is not None:
+                if clip.frame_sizes is not None and i < len(clip.frame_sizes):
+                    box = _rescale_box(box, clip.frame_sizes[i], image)
+                else:  # boxes are in the file's pixels; draft mode may have shrunk it
+                    w, h = image.info.get("source_size", image.size)
+                    box = _rescale_box(box, (h, w), image)
             images.append(image)
             boxes.append(box)
         return images, boxes, indices
     if clip.video_path is not None:
-        arrays, indices = decode_video(clip.video_path, num_frames, fps=video_fps, rng=rng)
+        arrays, indices, source_hw = _decode_clip_video(clip, num_frames, video_fps, rng, decode_size, video_limits)
         if keep_first is not None:
             arrays, indices = arrays[:keep_first], indices[:keep_first]
         video_boxes = clip.video_boxes or {}
+        images = [Image.fromarray(a) for a in arrays]
         boxes = [video_boxes.get(i) for i in indices]
-        return [Image.fromarray(a) for a in arrays], boxes, indices
+        boxes = [None if b is None else _rescale_box(b, source_hw, im) for b, im in zip(boxes, images)]
+        return images, boxes, indices
     raise MediaError(f"clip {clip.clip_id!r} has neither frame files nor a video", key=clip.clip_id)
+
+
+def _decode_clip_video(clip: Clip, num_frames, video_fps, rng, decode_size, limits):
+    """decode_video plus the source frame size (h, w) the boxes refer to."""
+    if decode_size is None:
+        arrays, indices = decode_video(clip.video_path, num_frames, fps=video_fps, rng=rng, limits=limits)
+        return arrays, indices, (arrays[0].shape[0], arrays[0].shape[1])
+    arrays, indices = decode_video(
+        clip.video_path, num_frames, fps=video_fps, rng=rng, limits=limits, min_side=decode_size
+    )
+    with av.open(str(clip.video_path)) as container:  # it just decoded, so it opens
+        ctx = _video_stream(container, Path(clip.video_path)).codec_context
+        source_hw = (int(ctx.height or 0), int(ctx.width or 0))
+    return arrays, indices, source_hw

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -33,6 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sgmn.data.records import Clip, LPRData, Product
+from sgmn.errors import DataError
 from sgmn.model.checkpoint import model_fingerprint
 from sgmn.eval.metrics import DEFAULT_KS, breakdown, chance_recall_at_1, recall_summary
 
@@ -208,29 +210,39 @@ def _merge_batches(local: list, shard: Shard) -> list:
 @torch.no_grad()
 def encode_gallery(model, products: list[Product], *, text, gallery: Gallery, batch_size: int,
                    device, num_workers: int = 0, progress: bool = True, shard: Shard = (0, 1),
-                   keep_tokens: Optional[bool] = None):
+                   keep_tokens: Optional[bool] = None, on_error: str = "raise",
+                   skips: Optional[Counter] = None):
     """Encode every product once. Returns (product ids of rows, ProductEmbeddings on CPU).
 
     With ``shard=(rank, world)`` each rank encodes its share of the batches and every rank gets
-    all of them (collective: every rank must call it)."""
+    all of them (collective: every rank must call it). Under ``on_error="skip"`` an unreadable
+    image has no row (its product cannot be ranked, so a query of it is a miss) and is counted in
+    ``skips["gallery images"]`` (summed over ranks)."""
     from sgmn.data.dataset import GalleryProducts
 
     kw = _dataset_kwargs(model)
     ds = GalleryProducts(products, image_size=kw["image_size"], geometry=kw["geometry"], text=text,
-                         all_images=(gallery == "all"))
+                         all_images=(gallery == "all"), on_error=on_error)
     local = []
     for number, batch in tqdm(_shard_loader(ds, batch_size, shard, num_workers), desc="gallery",
                               disable=not progress, leave=False):
+        skipped = int(batch.get("skipped", 0))
+        if not batch.get("product_ids"):
+            local.append((number, ([], None, skipped)))  # every image of this batch was unreadable
+            continue
         emb = model.encode_products(
             batch["product_pixels"].to(device),
             titles=batch["title_vec"].to(device) if "title_vec" in batch else None,
             title_mask=batch["title_mask"].to(device) if "title_mask" in batch else None,
             keep_tokens=keep_tokens,
         )
-        local.append((number, (list(batch["product_ids"]), _to_cpu(emb))))
+        local.append((number, (list(batch["product_ids"]), _to_cpu(emb), skipped)))
     parts = _merge_batches(local, shard)
-    ids = [pid for batch_ids, _ in parts for pid in batch_ids]
-    return ids, _cat([emb for _, emb in parts])
+    if skips is not None:
+        skips["gallery images"] += sum(n for _, _, n in parts)
+    ids = [pid for batch_ids, _, _ in parts for pid in batch_ids]
+    embs = [emb for _, emb, _ in parts if emb is not None]
+    return ids, (_cat(embs) if embs else None)
 
 
 def _query_dataset(model, clips: list[Clip], data: LPRData, text, on_error: str):
@@ -380,10 +392,14 @@ def evaluate(
     if missing_rooms:
         raise KeyError(f"queries refer to rooms without a gallery: {missing_rooms[:5]}")
     product_ids = sorted({p for r in room_ids for p in data.rooms[r].product_ids})
+    gallery_skips: Counter = Counter()
     row_ids, prod_emb = encode_gallery(
         model, [data.products[p] for p in product_ids], text=text, gallery=gallery,
         batch_size=batch_size, device=device, num_workers=num_workers, progress=progress, shard=shard,
+        on_error=on_error, skips=gallery_skips,
     )
+    if not row_ids:
+        raise DataError("no gallery image could be read (every one was skipped as unreadable)")
     rows_of: dict[str, list[int]] = {}
     for i, pid in enumerate(row_ids):
         rows_of.setdefault(pid, []).append(i)
@@ -462,6 +478,7 @@ def evaluate(
         **metrics,
         "chance_R@1": chance_recall_at_1(ground_truth, gallery_sizes),
         "num_skipped_unreadable": skipped,
+        "num_skipped_gallery_images": gallery_skips["gallery images"],
         "breakdown": breakdown(rankings, ground_truth, facets, ks),
         "protocol": {
             "split": split, "mode": mode, "gallery": gallery, "window": window if mode == "frame" else None,

@@ -40,7 +40,15 @@ from sgmn.retrieval.index import (
     gallery_matrix,
     query_matrix,
 )
-from sgmn.retrieval.store import GalleryStore, NewProduct, ProductRecord, ProductVectors, RoomVectors
+from sgmn.retrieval.store import (
+    EncodedImage,
+    GalleryStore,
+    NewProduct,
+    ProductRecord,
+    ProductVectors,
+    RoomVectors,
+    encode_copy,
+)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
@@ -168,6 +176,15 @@ def _load_product_image(src, where: str):
     return Image.fromarray(arr)
 
 
+def _decode_copy(copy: EncodedImage):
+    from io import BytesIO
+
+    from PIL import Image
+
+    with Image.open(BytesIO(copy.data)) as img:
+        return img.convert("RGB")
+
+
 @dataclass
 class _Prepared:
     product_id: str
@@ -200,6 +217,7 @@ class Retriever:
         self._fp_checked: Optional[tuple[int, str]] = None
         self._model = None
         self._fingerprint: Optional[str] = None
+        self._pending_checkpoint: Optional[str] = None
         if model is not None:
             self.set_model(model)
 
@@ -232,18 +250,31 @@ class Retriever:
 
     def set_model(self, model) -> None:
         """Use ``model`` (or load it from a checkpoint path) from now on."""
+        path = loaded = None
         if isinstance(model, (str, Path)):
             import sgmn
 
             path = Path(model)
             loaded = sgmn.load_model(path)
-            self.store.set_meta("checkpoint", str(path.resolve()))
             model = loaded
         model.eval()
         with self._model_lock:
             self._model = model
             self._fingerprint = model_fingerprint(model)
+            # the store remembers a checkpoint only once its vectors agree with it (now, or after
+            # check_model / reindex): a model refused for a mismatch must leave the store as it was
+            self._pending_checkpoint = str(path.resolve()) if path is not None else None
         self._fp_checked = None
+        if self._pending_checkpoint is not None and not self._other_fingerprints():
+            self._remember_checkpoint()
+
+    def _other_fingerprints(self) -> dict[str, int]:
+        return {k: v for k, v in self.store.fingerprints().items() if k != self._fingerprint}
+
+    def _remember_checkpoint(self) -> None:
+        pending, self._pending_checkpoint = self._pending_checkpoint, None
+        if pending is not None and self.store.get_meta("checkpoint") != pending:
+            self.store.set_meta("checkpoint", pending)
 
     @property
     def model(self):
@@ -280,6 +311,8 @@ class Retriever:
             return
         counts = self.store.fingerprints()
         other = {k: v for k, v in counts.items() if k != fp}
+        if not other:
+            self._remember_checkpoint()
         if other:
             total = sum(counts.values())
             raise ModelMismatch(
@@ -382,6 +415,8 @@ class Retriever:
             if progress is not None:
                 progress(room, len(todo))
         self._fp_checked = None
+        if not self._other_fingerprints():
+            self._remember_checkpoint()
         return count
 
     def _prepare(self, items, on_error: str, report: AddReport) -> list[_Prepared]:
@@ -403,7 +438,13 @@ class Retriever:
                 sources, decoded = [], []
                 for i, src in enumerate(images):
                     try:
-                        decoded.append(_load_product_image(src, f"{pid}[{i}]"))
+                        image = _load_product_image(src, f"{pid}[{i}]")
+                        if not isinstance(src, (str, Path)):
+                            # an image in memory is stored as a bounded JPEG copy; the model
+                            # encodes that copy, so re-indexing from the store changes nothing
+                            src = encode_copy(image)
+                            image = _decode_copy(src)
+                        decoded.append(image)
                         sources.append(src)
                     except MediaError as err:
                         if on_error == "raise":

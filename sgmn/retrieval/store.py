@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -36,6 +37,8 @@ import numpy as np
 
 from sgmn.errors import DataError
 from sgmn.retrieval.errors import AlreadyExists, NotFound, StoreCorrupt, validate_id
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DB_NAME = "store.sqlite"
@@ -56,7 +59,7 @@ CREATE TABLE IF NOT EXISTS products (
 );
 """
 
-ImageSource = Union[str, Path, "PIL.Image.Image"]  # noqa: F821
+ImageSource = Union[str, Path, "PIL.Image.Image", "EncodedImage"]  # noqa: F821
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class CheckReport:
     rooms: int
     products: int
     orphans_removed: int
+    orphans_left: int = 0  # orphan files that could not be deleted (a read-only folder); harmless
 
 
 def _fsync_write(path: Path, write) -> None:
@@ -128,8 +132,42 @@ def _fsync_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+# Decoded images (uploads) are stored as JPEG at this quality with the longest side capped:
+# the copy is for people (the web page), the vectors are computed from the full upload, and a
+# lossless PNG of a photo can be 20x its JPEG upload.
+STORED_IMAGE_QUALITY = 90
+STORED_IMAGE_MAX_SIDE = 2048
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image already encoded the way the store keeps it (see :func:`encode_copy`)."""
+
+    data: bytes
+    suffix: str = ".jpg"
+
+
+def encode_copy(image) -> EncodedImage:
+    """The stored form of a decoded image: JPEG, longest side capped. Callers that compute
+    vectors should decode *this* (as the Retriever does), so a later re-index from the stored
+    copy gives the same vectors."""
+    import io
+
+    from PIL import Image
+
+    image = image.convert("RGB")
+    if max(image.size) > STORED_IMAGE_MAX_SIDE:
+        image = image.copy()
+        image.thumbnail((STORED_IMAGE_MAX_SIDE, STORED_IMAGE_MAX_SIDE), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=STORED_IMAGE_QUALITY)
+    return EncodedImage(buf.getvalue())
+
+
 def _source_name(src: ImageSource, i: int) -> str:
-    return Path(src).name if isinstance(src, (str, Path)) else f"image-{i}.png"
+    if isinstance(src, (str, Path)):
+        return Path(src).name
+    return f"image-{i}{src.suffix if isinstance(src, EncodedImage) else '.jpg'}"
 
 
 def _image_suffix(src: ImageSource) -> str:
@@ -138,7 +176,7 @@ def _image_suffix(src: ImageSource) -> str:
         if 1 < len(suffix) <= 6 and suffix[1:].isalnum():
             return suffix
         return ".img"
-    return ".png"
+    return src.suffix if isinstance(src, EncodedImage) else ".jpg"
 
 
 class GalleryStore:
@@ -344,9 +382,9 @@ class GalleryStore:
                 for path in written:
                     path.unlink(missing_ok=True)
                 raise
+            self._room_cache.pop(room, None)
             for old in existing.values():
                 self._delete_files(old)
-            self._room_cache.pop(room, None)
             return [i for i in ids if i not in existing], [i for i in ids if i in existing]
 
     def remove_product(self, room: str, product_id: str) -> None:
@@ -355,8 +393,9 @@ class GalleryStore:
             with self._transaction():
                 self._db.execute("DELETE FROM products WHERE room_id = ? AND product_id = ?", (room, product_id))
                 self._bump_generation()
-            self._delete_files(old)
+            # the delete is committed: drop the cache first, then the files (best effort)
             self._room_cache.pop(room, None)
+            self._delete_files(old)
 
     def _write_files(self, room: str, p: NewProduct, fingerprint: str, written: list[Path]) -> tuple:
         from PIL import Image
@@ -378,8 +417,10 @@ class GalleryStore:
         for i, src in enumerate(p.images):
             name = f"{p.product_id}-{token}-{i}{_image_suffix(src)}"
             dest = image_dir / name
-            if isinstance(src, Image.Image):
-                _fsync_write(dest, lambda f, im=src: im.save(f, format="PNG"))
+            if isinstance(src, EncodedImage):
+                _fsync_write(dest, lambda f, e=src: f.write(e.data))
+            elif isinstance(src, Image.Image):
+                _fsync_write(dest, lambda f, im=src: f.write(encode_copy(im).data))
             else:
                 _fsync_write(dest, lambda f, s=src: f.write(Path(s).read_bytes()))
             written.append(dest)
@@ -399,8 +440,14 @@ class GalleryStore:
         return (room, p.product_id, p.title, json.dumps(names), json.dumps(sources), vec_name, fingerprint, time.time())
 
     def _delete_files(self, record: ProductRecord) -> None:
+        """Delete a product's files after its row is gone. The change is already committed, so a
+        file that cannot be deleted (a read-only folder, ...) is left as an orphan for
+        :meth:`check` to collect, never turned into an error for a change that happened."""
         for path in [*record.image_paths, record.vectors_path]:
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as err:
+                logger.warning("could not delete %s after commit (%s); left as an orphan", path.name, err)
 
     # ---- vectors ---------------------------------------------------------------------------
     def load_vectors(self, record: ProductRecord) -> ProductVectors:
@@ -440,16 +487,21 @@ class GalleryStore:
                                 file=path,
                             )
                         referenced.add(path)
-            orphans = 0
+            orphans = left = 0
             for sub in ("images", "vectors"):
                 for path in sorted((self.root / sub).rglob("*")):
                     if path.is_file() and path not in referenced:
-                        path.unlink()
-                        orphans += 1
+                        try:
+                            path.unlink()
+                            orphans += 1
+                        except OSError:  # unreferenced, so harmless: reported, collected later
+                            left += 1
                 for d in (self.root / sub).iterdir():
                     if d.is_dir() and d.name not in rooms:
-                        shutil.rmtree(d)
-            return CheckReport(rooms=len(rooms), products=n_products, orphans_removed=orphans)
+                        shutil.rmtree(d, ignore_errors=True)
+            if left:
+                logger.warning("store %s: %d orphan file(s) could not be deleted", self.root, left)
+            return CheckReport(rooms=len(rooms), products=n_products, orphans_removed=orphans, orphans_left=left)
 
     # ---- internals -------------------------------------------------------------------------
     def _transaction(self):

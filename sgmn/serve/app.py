@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import mimetypes
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from pydantic import BaseModel, Field
 
 import sgmn
@@ -28,6 +29,7 @@ from sgmn.retrieval import AlreadyExists, InvalidId, ModelMismatch, NoModel, Not
 from sgmn.retrieval.errors import MAX_ID_LENGTH
 from sgmn.serve import previews, uploads
 from sgmn.serve.limits import BodySizeLimit
+from sgmn.serve.security import RequestGuard, StrictFormText, default_allowed_hosts
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -41,6 +43,12 @@ class ServeSettings:
     max_title_chars: int = 1_000
     max_top_k: int = 100
     preview_size: int = 256  # longest side of the frame thumbnails sent back with a query
+    # deployment (sgmn.serve.security): the CLI fills these in from its options
+    token: Optional[str] = None  # bearer token; None = no authentication
+    auth: str = "writes"  # with a token: "writes" need it, or "all" requests (but the page shell)
+    bind_host: Optional[str] = None  # where the server listens; loopback => loopback Host names only
+    allowed_hosts: Optional[list[str]] = None  # accepted Host headers (default: from bind_host)
+    allowed_origins: list[str] = field(default_factory=list)  # other sites allowed to POST/DELETE
 
     @property
     def max_upload_bytes(self) -> int:
@@ -118,9 +126,16 @@ class QueryResponse(BaseModel):
 
 
 # ---- helpers ------------------------------------------------------------------------------
-def _error(status: int):
+def _error(status: int, store_root: Path):
+    # messages from the store name its folder (useful on the command line); the server's
+    # paths are none of a client's business
+    roots = sorted({str(store_root), str(store_root.resolve())}, key=len, reverse=True)
+
     async def handler(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(status_code=status, content={"detail": str(exc)})
+        detail = str(exc)
+        for root in roots:
+            detail = detail.replace(f"store {root}", "the store").replace(root, "<store>")
+        return JSONResponse(status_code=status, content={"detail": detail})
 
     return handler
 
@@ -162,18 +177,24 @@ def create_app(retriever: Retriever, settings: Optional[ServeSettings] = None) -
         docs_url=None,
         redoc_url=None,
     )
+    # added last = runs first: Host, then Origin/token, then the body limits, before any work
+    app.add_middleware(StrictFormText)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestGuard, token=settings.token, auth=settings.auth,
+                       allowed_origins=settings.allowed_origins)
+    hosts = settings.allowed_hosts if settings.allowed_hosts else default_allowed_hosts(settings.bind_host)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
     app.state.retriever = retriever
     app.state.settings = settings
 
     # most specific class first is not needed: Starlette picks the handler by the error's MRO
-    app.add_exception_handler(NotFound, _error(404))
-    app.add_exception_handler(InvalidId, _error(422))
-    app.add_exception_handler(MediaError, _error(422))
-    app.add_exception_handler(DataError, _error(422))
-    app.add_exception_handler(AlreadyExists, _error(409))
-    app.add_exception_handler(ModelMismatch, _error(409))
-    app.add_exception_handler(NoModel, _error(503))
+    app.add_exception_handler(NotFound, _error(404, retriever.store.root))
+    app.add_exception_handler(InvalidId, _error(422, retriever.store.root))
+    app.add_exception_handler(MediaError, _error(422, retriever.store.root))
+    app.add_exception_handler(DataError, _error(422, retriever.store.root))
+    app.add_exception_handler(AlreadyExists, _error(409, retriever.store.root))
+    app.add_exception_handler(ModelMismatch, _error(409, retriever.store.root))
+    app.add_exception_handler(NoModel, _error(503, retriever.store.root))
 
     def require_room(room: str) -> str:
         validate_id(room, "room id")

@@ -15,7 +15,7 @@ import numpy as np
 from fastapi import HTTPException, UploadFile
 from PIL import Image
 
-from sgmn.data.media import decode_image
+from sgmn.data.media import UPLOAD_IMAGE_FORMATS, decode_image
 from sgmn.errors import MediaError
 
 COPY_CHUNK = 1 << 20
@@ -63,7 +63,7 @@ def read_image(upload: UploadFile, max_pixels: int) -> Image.Image:
     data = upload.file.read()
     if not data:
         raise MediaError("the file is empty", file=name)
-    return decode_image(BytesIO(data), name=name, max_pixels=max_pixels)
+    return decode_image(BytesIO(data), name=name, max_pixels=max_pixels, formats=UPLOAD_IMAGE_FORMATS)
 
 
 def read_frames(uploads: list[UploadFile], max_pixels: int) -> list[np.ndarray]:

@@ -41,9 +41,11 @@ def load_vector_json(
     """Read ``{key: [floats]}``. Every vector must have length ``dim`` (or, when ``dim`` is None,
     the length of the first one). ``on_bad(err)`` is called for a bad entry (it may raise or count
     the skip); without it the first bad entry raises ``DataError``."""
+    from sgmn.data.readers.common import parse_json_strict
+
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = parse_json_strict(path.read_text(encoding="utf-8"), path)  # a repeated key is an error
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read vector file: {e}", file=path) from e
     except json.JSONDecodeError as e:

@@ -303,12 +303,42 @@ def merge_training_row(data: LPRData, split: list[str], clip: Clip, product: Pro
 
 
 # ---------------------------------------------------------------- appended for the LPR750K / SGMN-code readers
+def parse_json_strict(text: str, path: PathLike):
+    """``json.loads`` that refuses a key repeated within one object (plain ``json`` keeps the
+    last one silently; which one the annotator meant cannot be told), naming key and line."""
+    repeated: list[str] = []
+
+    def pairs_hook(pairs):
+        obj = {}
+        for key, value in pairs:
+            if key in obj:
+                repeated.append(key)
+            obj[key] = value
+        return obj
+
+    value = json.loads(text, object_pairs_hook=pairs_hook)
+    if repeated:
+        key = repeated[0]
+        raise DataError(f"key {key!r} appears more than once (which value is meant cannot be told)",
+                        file=path, line=_second_key_line(text, key), key=key)
+    return value
+
+
+def _second_key_line(text: str, key: str) -> Optional[int]:
+    for spelled in dict.fromkeys((json.dumps(key, ensure_ascii=False), json.dumps(key))):
+        hits = [m.start() for m in re.finditer(re.escape(spelled) + r"\s*:", text)]
+        if len(hits) > 1:
+            return text.count("\n", 0, hits[1]) + 1
+    return None
+
+
 def load_json_object(path: PathLike) -> dict:
-    """A JSON file that must hold an object; DataError naming the file otherwise."""
+    """A JSON file that must hold an object; DataError naming the file otherwise (also for a key
+    repeated in any object of it, see :func:`parse_json_strict`)."""
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as handle:
-            value = json.load(handle)
+            value = parse_json_strict(handle.read(), path)
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON ({exc.msg})", file=path, line=exc.lineno) from None
     except (OSError, UnicodeDecodeError) as exc:

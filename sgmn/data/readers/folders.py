@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional, Union
 
-from sgmn.data.readers.common import IMAGE_EXTENSIONS, read_tsv_rows
+from sgmn.data.readers.common import IMAGE_EXTENSIONS, parse_json_strict, read_tsv_rows
 from sgmn.data.records import Clip, LPRData, Product, Room
 from sgmn.errors import DataError, ErrorPolicy, OnError
 
@@ -66,7 +66,7 @@ def read_titles(path: PathLike) -> dict[str, str]:
     titles: dict[str, str] = {}
     if path.suffix.lower() == ".json":
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw = parse_json_strict(path.read_text(encoding="utf-8"), path)  # a repeated id is an error
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read titles JSON ({exc})", file=path) from None
         if not isinstance(raw, dict):
@@ -177,6 +177,15 @@ def read_clip(path: PathLike, asr: Optional[str] = None, *, skipped: Optional[Co
         raise DataError(f"a clip must be a video ({', '.join(VIDEO_EXTENSIONS)}) or a folder of frames", file=path)
     else:
         raise DataError("clip does not exist", file=path)
+    if asr is not None:
+        try:
+            asr.encode("utf-8")
+        except UnicodeEncodeError:
+            # bytes that were not UTF-8 arrive from the command line as lone surrogates
+            # (Python's surrogateescape); they would crash the tokenizer much later
+            raise DataError(
+                "the ASR text (--asr) is not valid UTF-8; convert it first (e.g. iconv -f gbk -t utf-8)"
+            ) from None
     if asr is None:
         asr_path = _asr_file(path)
         if asr_path is not None:

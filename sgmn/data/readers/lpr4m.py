@@ -13,7 +13,11 @@ Layout (docs: /work/shared/spec/data-formats.md §1), annotation names matched b
   that test breakdowns by category and attribute work.
 
 Frames and shop images are found by id anywhere under the root (:class:`MediaIndex`); test
-frames are the files named ``<clip_id>-NNNN``.
+frames are the files named ``<clip_id>-NNNN``; a frame the boxes file boxes must exist (``missing_frame``).
+
+Strictness: a key repeated in a JSON file, an id listed twice in the ASR or title file
+(``duplicate_key``) and an ASR / title line holding only the id (``malformed_row``) are errors
+naming file, line and key, or counted skips that drop what they belong to.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from sgmn.data.readers.common import (
+    _FRAME_ID,
     check_splits,
     IMAGE_EXTENSIONS,
     MediaIndex,
@@ -179,8 +184,8 @@ def _media_id(value, path: Path, line_no: int) -> str:
 def _read_test(root: Path, data: LPRData, media: Optional[MediaIndex], policy: ErrorPolicy) -> None:
     files = {name: find_annotation(root, pattern, required=name not in ("boxes", "attributes"))
              for name, pattern in TEST_PATTERNS.items()}
-    asr = _read_two_columns(files["asr"], policy, "video_id", "asr")
-    titles = _read_two_columns(files["titles"], policy, "image_id", "title")
+    asr, bad_asr = _read_two_columns(files["asr"], policy, "video_id", "asr")
+    titles, bad_titles = _read_two_columns(files["titles"], policy, "image_id", "title")
     gt = _read_id_lists(files["gt"], "video_id")
     galleries = _read_id_lists(files["gallery"], "live_id")
     frame_boxes = _read_frame_boxes(files["boxes"], policy) if files["boxes"] is not None else {}
@@ -191,6 +196,9 @@ def _read_test(root: Path, data: LPRData, media: Optional[MediaIndex], policy: E
     for live_id, image_ids in galleries.items():
         room = data.rooms.setdefault(live_id, Room(live_id))
         for image_id in image_ids:
+            if image_id in bad_titles:  # its title row was refused (counted): not read without it
+                dropped.add(image_id)
+                continue
             product = _test_product(image_id, live_id, titles, media, files["gallery"], data, policy)
             if product is None:
                 dropped.add(image_id)
@@ -200,9 +208,13 @@ def _read_test(root: Path, data: LPRData, media: Optional[MediaIndex], policy: E
 
     split: list[str] = []
     clip_ids = list(asr) + [c for c in gt if c not in asr]
+    boxed_frames = _frames_by_clip(frame_boxes)
     for clip_id in clip_ids:
+        if clip_id in bad_asr:  # its ASR row was refused (counted): not read as "no ASR"
+            continue
         try:
-            clip = _test_clip(clip_id, asr, gt, attributes, frame_boxes, galleries, dropped, media, files, data)
+            clip = _test_clip(clip_id, asr, gt, attributes, frame_boxes, boxed_frames, galleries, dropped,
+                              media, files, data)
         except _Skip as err:
             policy.handle(err, err.kind)
             continue
@@ -227,7 +239,18 @@ def _test_product(image_id, live_id, titles, media, gallery_file, data, policy) 
     return product
 
 
-def _test_clip(clip_id, asr, gt, attributes, frame_boxes, galleries, dropped, media, files, data) -> Clip:
+def _frames_by_clip(frame_boxes: dict) -> dict[str, list[str]]:
+    """Frame ids of the boxes file grouped by clip id (``<clip>-NNNN``)."""
+    out: dict[str, list[str]] = {}
+    for frame_id in frame_boxes:
+        match = _FRAME_ID.match(frame_id)
+        if match:
+            out.setdefault(match["clip"], []).append(frame_id)
+    return out
+
+
+def _test_clip(clip_id, asr, gt, attributes, frame_boxes, boxed_frames, galleries, dropped, media, files,
+               data) -> Clip:
     where = {"file": files["asr"] if clip_id in asr else files["gt"], "key": clip_id}
     if clip_id in data.clips:
         raise _Skip("duplicate_clip", DataError("clip id is also a training clip", **where))
@@ -240,7 +263,10 @@ def _test_clip(clip_id, asr, gt, attributes, frame_boxes, galleries, dropped, me
     product_ids = list(gt.get(clip_id, []))
     lost = [p for p in product_ids if p in dropped or p not in data.products]
     if lost:
-        raise _Skip("missing_gt_image", DataError(f"ground-truth product(s) {lost} have no readable image", **where))
+        # named against the ground-truth file, which is where these ids come from
+        raise _Skip("missing_gt_image", DataError(
+            f"ground-truth product(s) {lost} are not readable gallery products of {files['gallery'].name}",
+            file=files["gt"], key=clip_id))
 
     frame_paths: list[Path] = []
     boxes: Optional[list[Optional[Box]]] = None
@@ -250,6 +276,13 @@ def _test_clip(clip_id, asr, gt, attributes, frame_boxes, galleries, dropped, me
         if not entries:
             raise _Skip("missing_frame", DataError(f"no frame files named {clip_id}-NNNN under {media.root}", **where))
         if files["boxes"] is not None:
+            present = {frame_id for frame_id, _ in entries}
+            missing = sorted(f for f in boxed_frames.get(clip_id, ()) if f not in present)
+            if missing:  # the clip would lose this frame and its box without a word
+                raise _Skip("missing_frame", DataError(
+                    f"frame {missing[0]!r} has a box in {files['boxes'].name} but no file under {media.root}"
+                    + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                    file=files["boxes"], key=missing[0]))
             boxes = [frame_boxes.get(frame_id) for frame_id, _ in entries]
     category, clip_attributes = attributes.get(clip_id, (None, {}))
     return Clip(
@@ -264,17 +297,38 @@ def _test_clip(clip_id, asr, gt, attributes, frame_boxes, galleries, dropped, me
     )
 
 
-def _read_two_columns(path: Path, policy: ErrorPolicy, id_name: str, value_name: str) -> dict[str, Optional[str]]:
-    """``id \\t text`` rows (the text may be missing) -> {id: text or None}."""
+def _read_two_columns(path: Path, policy: ErrorPolicy, id_name: str,
+                      value_name: str) -> tuple[dict[str, Optional[str]], set[str]]:
+    """``id \\t text`` rows (an empty text after the tab = none) -> ({id: text or None}, refused ids).
+
+    A line holding only the id (no tab: a truncated or mis-split row, not an empty text) and an
+    id listed twice are errors, or under the skip policy counted skips whose id is returned in
+    the refused set (the caller drops what it belongs to, never reads it without its text).
+    """
     out: dict[str, Optional[str]] = {}
+    first_line: dict[str, int] = {}
+    refused: set[str] = set()
     for line_no, cols in read_tsv_rows(path, 1, max_columns=2, policy=policy, desc=f"reading {path.name}"):
         key = cols[0].strip()
         if not key:
             policy.handle(DataError(f"empty {id_name}", file=path, line=line_no, key=id_name), "malformed_row")
             continue
-        text = cols[1].strip() if len(cols) > 1 else ""
-        out[key] = text or None
-    return out
+        try:
+            if len(cols) == 1:
+                raise DataError(f"line holds only the {id_name}, no tab and no {value_name} (write "
+                                f"'<id><TAB>' for an empty {value_name})", file=path, line=line_no, key=key)
+            if key in first_line:
+                raise DataError(f"{id_name} listed again (first on line {first_line[key]}); which "
+                                f"{value_name} is meant cannot be told", file=path, line=line_no, key=key)
+        except DataError as err:
+            refused.add(key)
+            out.pop(key, None)
+            policy.handle(err, "malformed_row" if len(cols) == 1 else "duplicate_key")
+            continue
+        first_line[key] = line_no
+        if key not in refused:
+            out[key] = cols[1].strip() or None
+    return out, refused
 
 
 def _read_id_lists(path: Path, key_name: str) -> dict[str, list[str]]:

@@ -188,7 +188,7 @@ def _read_test(root: Path, annotations: Path, data: LPRData, policy: ErrorPolicy
     split: list[str] = []
     for video_id, entry in queries.items():
         try:
-            clip = _test_clip(query_frames, query_file, video_id, entry, gt, data)
+            clip = _test_clip(query_frames, query_file, video_id, entry, gt, data, gt_file)
         except _Skip as err:
             policy.handle(err, err.kind)
             continue
@@ -237,7 +237,7 @@ def _gt_ids(value, path: Path, video_id: str) -> list[str]:
     return list(dict.fromkeys(image_id_of(v.strip()) for v in values))
 
 
-def _test_clip(query_frames: PathResolver, query_file, video_id, entry, gt, data: LPRData) -> Clip:
+def _test_clip(query_frames: PathResolver, query_file, video_id, entry, gt, data: LPRData, gt_file=None) -> Clip:
     where = {"file": query_file, "key": video_id}
     if video_id in data.clips:
         raise _Skip("duplicate_clip", DataError("test video id is also a training clip", **where))
@@ -262,7 +262,9 @@ def _test_clip(query_frames: PathResolver, query_file, video_id, entry, gt, data
         raise _Skip("no_gallery", DataError(f"live room {room_id!r} has no images in {GALLERY_FILE}", **where))
     lost = [p for p in product_ids if p not in data.products]
     if lost:
-        raise _Skip("missing_gt_image", DataError(f"ground-truth image(s) {lost} are not in the gallery", **where))
+        # named against the file the ground truth came from
+        gt_where = {"file": gt_file, "key": video_id} if video_id in gt else where
+        raise _Skip("missing_gt_image", DataError(f"ground-truth image(s) {lost} are not in the gallery", **gt_where))
     try:
         frame_paths = [query_frames.resolve(f, **where) for f in entry["frames"]]
     except DataError as err:

@@ -159,9 +159,13 @@ def _tracklets(value, n_videos: int, where: dict) -> Optional[list[Optional[dict
         if not isinstance(track, dict):
             raise DataError(f"a tracklet must be {{frame_index: box}}, got {type(track).__name__}", **where)
         boxes: dict[int, Box] = {}
+        seen: set[int] = set()
         for frame, raw in track.items():
             if not str(frame).strip().isdigit():
                 raise DataError(f"tracklet frame index {frame!r} is not a non-negative integer", **where)
+            if int(frame) in seen:  # "3" and "03" name one frame: which box is meant cannot be told
+                raise DataError(f"tracklet lists frame {int(frame)} twice ({frame!r})", **where)
+            seen.add(int(frame))
             box = parse_box(raw, file=where["file"], key=where["key"])
             if box is not None:
                 boxes[int(frame)] = box
