@@ -264,6 +264,23 @@ def test_tga_map_sums_to_one_over_kept_patches_and_follows_the_asr():
     assert (c1.embedding - c2.embedding).abs().max() > 1e-6
 
 
+def test_the_asr_changes_the_clip_embedding_by_a_measurable_amount():
+    # TGA mixes a real share of the text-attended summary into each frame feature, so v with the
+    # ASR is clearly not v without it (the old gated residual gave cos 0.9998 after training)
+    model = tiny()
+    g = torch.Generator().manual_seed(4)
+    frames = torch.randn(3, 4, 3, S, S, generator=g)
+    asr = torch.randn(3, DT, generator=g)
+    guided = model.encode_clips(frames, asr=asr).embedding
+    unguided = model.encode_clips(frames, asr=asr, asr_mask=torch.zeros(3, dtype=torch.bool)).embedding
+    assert (guided * unguided).sum(-1).max() < 0.99
+    other = model.encode_clips(frames, asr=torch.randn(3, DT, generator=g)).embedding
+    assert (guided * other).sum(-1).max() < 0.9999
+    no_tga = tiny(use_tga=False)
+    no_tga.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("tga.")}, strict=False)
+    torch.testing.assert_close(no_tga.encode_clips(frames, asr=asr).embedding, unguided)
+
+
 def _pil_clip(rng, n):
     return [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(n)]
 

@@ -182,12 +182,14 @@ class SGMN(RetrievalModel):
         losses: dict[str, torch.Tensor] = {}
         if cfg.use_text and w.txt > 0 and bool((a_mask & t_mask).any()):
             losses["txt"] = symmetric_infonce(a, t, labels, scale, a_mask=a_mask, b_mask=t_mask)
-        trip = dict(margin=cfg.triplet_margin, cutoff=cfg.triplet_cutoff, nonzero_cutoff=cfg.triplet_nonzero_cutoff)
+        trip = dict(margin=cfg.triplet_margin, cutoff=cfg.triplet_cutoff, nonzero_cutoff=cfg.triplet_nonzero_cutoff,
+                    hinge=cfg.triplet_hinge)
         if w.base > 0:
             losses["base"] = bidirectional_triplet(v, p, labels, **trip)
         if self.graph is not None and (w.gnn > 0 or w.reg > 0):
-            frame_feats = all_gather_with_grad(clip["frame_feats"])
-            product_tokens = all_gather_with_grad(prod["tokens"])
+            # frame-level matching is detached (as published): no gradient to gather
+            frame_feats = all_gather_no_grad(clip["frame_feats"].detach())
+            product_tokens = all_gather_no_grad(prod["tokens"].detach())
             graph_out = self.graph(v, p, frame_feats, g_frame_mask, product_tokens)
             graph_losses = self.graph.losses(graph_out, labels)
             for name in ("gnn", "reg"):
