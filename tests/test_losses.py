@@ -16,7 +16,7 @@ def _unit(*rows):
     return F.normalize(torch.tensor(rows, dtype=torch.float32), dim=-1)
 
 
-def _reference_triplet(anchors, candidates, a_lab, c_lab, margin=0.2, cutoff=0.5, nonzero=1.7, hinge="similarity"):
+def _reference_triplet(anchors, candidates, a_lab, c_lab, margin=0.2, cutoff=0.5, nonzero=1.7, hinge="distance"):
     """Slow loop version of the documented formula, independent of the vectorised code."""
     a = F.normalize(anchors, dim=-1)
     c = F.normalize(candidates, dim=-1)
@@ -54,10 +54,10 @@ def test_triplet_matches_reference_and_positives_follow_labels():
     ref = _reference_triplet(anchors, cands, a_lab.tolist(), c_lab.tolist())
     assert abs(loss.item() - ref) < 1e-5
     assert loss.item() > 0
-    on_distance = distance_weighted_triplet(anchors, cands, a_lab, c_lab, hinge="distance")
-    ref_distance = _reference_triplet(anchors, cands, a_lab.tolist(), c_lab.tolist(), hinge="distance")
-    assert abs(on_distance.item() - ref_distance) < 1e-5
-    assert abs(on_distance.item() - loss.item()) > 1e-3  # the two hinges are different losses
+    on_similarity = distance_weighted_triplet(anchors, cands, a_lab, c_lab, hinge="similarity")
+    ref_similarity = _reference_triplet(anchors, cands, a_lab.tolist(), c_lab.tolist(), hinge="similarity")
+    assert abs(on_similarity.item() - ref_similarity) < 1e-5
+    assert abs(on_similarity.item() - loss.item()) > 1e-3  # the two hinges are different losses
 
     # anchor close to candidate 0, far from candidate 1: the loss depends on which one is labelled positive
     anchor = _unit([1.0, 0.0, 0.0])

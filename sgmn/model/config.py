@@ -123,8 +123,9 @@ class SGMNConfig:
     triplet_margin: float = 0.2
     triplet_cutoff: float = 0.5
     triplet_nonzero_cutoff: float = 1.7
-    # "similarity": relu(m + s_an - s_ap) as the published code; "distance": relu(m + d_ap - d_an)
-    triplet_hinge: Literal["similarity", "distance"] = "similarity"
+    # "distance": relu(m + d_ap - d_an); "similarity": relu(m + s_an - s_ap) as the published code,
+    # which collapsed from-scratch training within 15 steps (docs/model.md, choices)
+    triplet_hinge: Literal["similarity", "distance"] = "distance"
 
     losses: LossWeights = field(default_factory=LossWeights)
     dropout: float = 0.0

@@ -14,8 +14,8 @@ Where this module departs from the published SGMN code (see ``docs`` / spec ``me
   (deterministic, lower variance, same expected gradient as sampling one negative);
 * the text InfoNCE is computed in both directions (the published code computes one twice).
 
-Kept as published: the triplet hinge on similarities, relu(m + s_an - s_ap) (``hinge="distance"``
-takes it on the distances of the sampling instead); L_reg = KL(relevance || target).
+The triplet hinge is on distances, relu(m + d_ap - d_an), by default; ``hinge="similarity"`` is the
+published relu(m + s_an - s_ap). Kept as published: L_reg = KL(relevance || target).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def distance_weighted_triplet(
     margin: float = 0.2,
     cutoff: float = 0.5,
     nonzero_cutoff: float = 1.7,
-    hinge: str = "similarity",
+    hinge: str = "distance",
 ) -> torch.Tensor:
     """One-directional triplet loss with distance-weighted negatives (Wu et al. 2017).
 
@@ -112,8 +112,8 @@ def distance_weighted_triplet(
     the candidates with the same label and its negatives those with a different label. The loss of
     anchor i is the mean over its positives j of
 
+        E_{k ~ w_i}[ relu(margin + d(i, j) - d(i, k)) ]     (hinge="distance", default)
         E_{k ~ w_i}[ relu(margin + s(i, k) - s(i, j)) ]     (hinge="similarity", published)
-        E_{k ~ w_i}[ relu(margin + d(i, j) - d(i, k)) ]     (hinge="distance")
 
     where w_i is the distance-weighted sampling distribution over i's negatives
     (:func:`negative_sampling_weights`). Using the expectation instead of drawing one negative keeps
@@ -156,7 +156,7 @@ def bidirectional_triplet(
     margin: float = 0.2,
     cutoff: float = 0.5,
     nonzero_cutoff: float = 1.7,
-    hinge: str = "similarity",
+    hinge: str = "distance",
 ) -> torch.Tensor:
     """Trip(x, y) = triplet(x anchors -> y candidates) + triplet(y anchors -> x candidates).
 
