@@ -74,7 +74,7 @@ def probe(model, data, split: str = "test", batch_size: int = 16, max_clips: int
     return out
 
 
-WATCHED = ("tga.query.weight", "tga.key.weight", "tga.mix_logit", "fusion.attn.in_proj_weight", "fusion.gate",
+WATCHED = ("tga.query.weight", "tga.key.weight", "tga.mix_logit", "tga.gate", "fusion.attn.in_proj_weight", "fusion.gate",
            "cross.cross_blocks.0.attn.in_proj_weight", "graph.relevance_clip_to_product.0.weight",
            "temporal.frame_position_embeddings.weight", "backbone.vision_model.encoder.layers.1.self_attn.q_proj.weight")
 
@@ -95,6 +95,8 @@ def weight_changes(model, init_name: str, seed: int) -> dict:
             out[name] = float((trained[name].float() - before).norm() / before.norm().clamp(min=1e-12))
     if "tga.mix_logit" in trained:
         out["tga.mix (alpha)"] = float(torch.sigmoid(trained["tga.mix_logit"]))
+    if "tga.gate" in trained:  # the first TGA design
+        out["tga.gate mean |g|"] = float(trained["tga.gate"].abs().mean())
     if "fusion.gate" in trained:
         out["fusion.gate mean |g|"] = float(trained["fusion.gate"].abs().mean())
     return out

@@ -393,6 +393,8 @@ def test_save_and_load_round_trip_gives_identical_scores(tmp_path):
 
 def test_rerank_reorders_only_the_top_k_with_the_cross_encoder():
     model = tiny(rerank_top_k=3)
+    with torch.no_grad():
+        model.cross.prior_weight.fill_(0.0)  # the cross encoder's own order first; the prior below
     g = torch.Generator().manual_seed(6)
     clips = model.encode_clips(torch.randn(2, 2, 3, S, S, generator=g), asr=torch.randn(2, DT, generator=g),
                                keep_tokens=True)
@@ -408,6 +410,8 @@ def test_rerank_reorders_only_the_top_k_with_the_cross_encoder():
     with torch.no_grad():
         cross = torch.tensor([[float(model.cross(product_tokens[j : j + 1], clip_tokens[i : i + 1], keep[i : i + 1]))
                                for j in range(5)] for i in range(2)])
+        # with smf_score_prior the pair score is prior_weight * S + the cross encoder's output
+        cross = cross + model.cross.prior_weight * base
     for i in range(2):
         top = base[i].topk(3).indices
         assert set(reranked[i].topk(3).indices.tolist()) == set(top.tolist())  # the top-K set is kept
@@ -418,6 +422,10 @@ def test_rerank_reorders_only_the_top_k_with_the_cross_encoder():
         by_cross = top[cross[i, top].argsort(descending=True)].tolist()
         assert reranked[i].topk(3).indices.tolist() == by_cross
         assert by_cross != top.tolist()
+    # a dominant prior (smf_score_prior: prior_weight * S + cross) gives the first-stage order back
+    with torch.no_grad():
+        model.cross.prior_weight.fill_(1e4)
+    torch.testing.assert_close(model.rerank_scores(clips, prods, base), base)
 
 
 # ---- baselines ----------------------------------------------------------------------------------

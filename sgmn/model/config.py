@@ -118,6 +118,9 @@ class SGMNConfig:
     cross_layers: int = 1
     cross_heads: int = 8
     rerank_top_k: int = 0  # > 0: re-rank the top-K at inference with the cross encoder (off by default)
+    # The cross encoder scores a pair as prior_weight * S (detached first-stage score) + its own
+    # output: it learns a correction of the retrieval score (False: its output alone)
+    smf_score_prior: bool = True
 
     # Triplet loss (distance-weighted sampling, Wu et al. 2017)
     triplet_margin: float = 0.2
