@@ -74,7 +74,7 @@ def probe(model, data, split: str = "test", batch_size: int = 16, max_clips: int
     return out
 
 
-WATCHED = ("tga.query.weight", "tga.key.weight", "tga.mix_logit", "tga.gate", "fusion.attn.in_proj_weight", "fusion.gate",
+WATCHED = ("tga.query.weight", "tga.key.weight", "tga.gate", "fusion.attn.in_proj_weight", "fusion.gate",
            "cross.cross_blocks.0.attn.in_proj_weight", "graph.relevance_clip_to_product.0.weight",
            "temporal.frame_position_embeddings.weight", "backbone.vision_model.encoder.layers.1.self_attn.q_proj.weight")
 

@@ -72,8 +72,8 @@ def test_full_model_losses_are_the_method_terms_and_total_is_their_weighted_sum(
     [
         ("use_gci", {"gnn", "reg"}, ["graph"]),
         ("use_smf", {"pair"}, ["fusion", "cross"]),
-        ("use_text", {"txt"}, ["fc_asr", "fc_title", "tga"]),
-        ("use_tga", set(), ["tga"]),
+        ("use_text", {"txt", "box"}, ["fc_asr", "fc_title", "tga"]),
+        ("use_tga", {"box"}, ["tga"]),
         ("use_tdb", set(), ["temporal"]),
     ],
 )

@@ -59,7 +59,7 @@ class LossWeights:
     gnn: float = 1.0  # Trip(v, p~) + Trip(v~, p) + Trip(v~, p~)
     pair: float = 1.0  # cross-encoder classification over 1 + k candidates
     vi: float = 0.0  # optional InfoNCE on the multimodal score matrix S
-    box: float = 0.0  # optional box supervision of the TGA attention map
+    box: float = 1.0  # box supervision of the TGA map where training frames have boxes (-log mass in the box)
     icl: float = 1.0  # instance-level contrastive (baselines clip-meanpool / rice-icl)
 
 
