@@ -11,8 +11,10 @@ Usage (e.g. after ``sgmn demo --out /tmp/demo``)::
 
     python benchmarks/tga_probe.py --run /tmp/demo/run --data /tmp/demo/data [--split test]
 
-Prints one JSON object. ``sgmn eval`` reports its own versions of these metrics; this script is
-the quick check used while working on the model (issue 9).
+Prints one JSON object (``--check``: exit 1 unless cos < 0.99 and the box ratio >= 1.5, the
+issue-9 goals for the demo model). ``--init-model``/``--init-seed`` also report how far a few
+modules' weights moved from their initial values. ``sgmn eval`` reports its own versions of the
+two metrics; this script is the quick check used while working on the model (issue 9).
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ def main() -> None:
     parser.add_argument("--init-model", default=None,
                         help="registered model the run started from (e.g. sgmn-tiny): also report weight changes")
     parser.add_argument("--init-seed", type=int, default=0, help="the run's train seed (sgmn demo: its --seed)")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 unless the issue-9 goals hold: cos < 0.99 and box mass >= 1.5x uniform")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -124,6 +128,13 @@ def main() -> None:
     if args.init_model:
         result["relative_weight_change"] = weight_changes(model, args.init_model, args.init_seed)
     print(json.dumps(result, indent=2))
+    if args.check:
+        cos, ratio = result["mean_cos_v_with_vs_without_asr"], result["box_mass_vs_uniform"]
+        failed = [msg for ok, msg in ((cos is not None and cos < 0.99, f"mean cos {cos} is not < 0.99"),
+                                      (ratio is not None and ratio >= 1.5, f"box mass ratio {ratio} is not >= 1.5"))
+                  if not ok]
+        if failed:
+            raise SystemExit("goal not met: " + "; ".join(failed))
 
 
 if __name__ == "__main__":
