@@ -165,8 +165,18 @@ def test_frames_are_the_sampled_ones_padded_and_masked(data, text):
     assert (batch["frames"][short][2:] == 0).all()
 
 
-def test_patch_mask_and_boxes_follow_the_transformed_boxes(data, text):
+def test_training_pairs_carry_no_box_patch_mask_by_default(data, text):
+    # training input must match a query's (which has no box): boxes only feed the box loss
     pairs = make_pairs(data, text)
+    batch = collate([pairs[i] for i in range(len(pairs))])
+    long_ = by_pair(batch)[("c-long", "p-b")]
+    assert batch["patch_mask"].all()
+    assert batch["box_mask"][long_].tolist() == [True, False, True, False]
+    assert batch["boxes"][long_][0].tolist() == [0, 0, S / 2, S / 2]
+
+
+def test_patch_mask_and_boxes_follow_the_transformed_boxes(data, text):
+    pairs = make_pairs(data, text, use_boxes=True)  # the detector-assisted mode
     batch = collate([pairs[i] for i in range(len(pairs))])
     row = by_pair(batch)
     long_ = row[("c-long", "p-b")]
@@ -188,7 +198,7 @@ def test_each_pair_gets_the_boxes_of_its_own_product(data, text):
     clip = data.clips["c-long"]
     clip.product_ids = ["p-b", "p-a"]
     clip.product_boxes = {"p-a": [None] * 6 + [(S / 2, S / 2, S, S)] * 6}  # p-a: bottom-right patch, late
-    pairs = make_pairs(data, text)
+    pairs = make_pairs(data, text, use_boxes=True)
     batch = collate([pairs[i] for i in range(len(pairs))])
     row = by_pair(batch)
     b, a = row[("c-long", "p-b")], row[("c-long", "p-a")]

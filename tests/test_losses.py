@@ -16,7 +16,7 @@ def _unit(*rows):
     return F.normalize(torch.tensor(rows, dtype=torch.float32), dim=-1)
 
 
-def _reference_triplet(anchors, candidates, a_lab, c_lab, margin=0.2, cutoff=0.5, nonzero=1.7):
+def _reference_triplet(anchors, candidates, a_lab, c_lab, margin=0.2, cutoff=0.5, nonzero=1.7, hinge="distance"):
     """Slow loop version of the documented formula, independent of the vectorised code."""
     a = F.normalize(anchors, dim=-1)
     c = F.normalize(candidates, dim=-1)
@@ -35,7 +35,11 @@ def _reference_triplet(anchors, candidates, a_lab, c_lab, margin=0.2, cutoff=0.5
         m = max(logw)
         w = [math.exp(x - m) for x in logw]
         w = [x / sum(w) for x in w]
-        per_pos = [sum(wk * max(dist[j] - dist[k] + margin, 0.0) for wk, k in zip(w, neg)) for j in pos]
+        if hinge == "similarity":  # relu(m + s_an - s_ap), the published code
+            sim = [float(a[i] @ c[j]) for j in range(len(c))]
+            per_pos = [sum(wk * max(margin + sim[k] - sim[j], 0.0) for wk, k in zip(w, neg)) for j in pos]
+        else:
+            per_pos = [sum(wk * max(dist[j] - dist[k] + margin, 0.0) for wk, k in zip(w, neg)) for j in pos]
         total += sum(per_pos) / len(pos)
     return total / len(a)
 
@@ -50,6 +54,10 @@ def test_triplet_matches_reference_and_positives_follow_labels():
     ref = _reference_triplet(anchors, cands, a_lab.tolist(), c_lab.tolist())
     assert abs(loss.item() - ref) < 1e-5
     assert loss.item() > 0
+    on_similarity = distance_weighted_triplet(anchors, cands, a_lab, c_lab, hinge="similarity")
+    ref_similarity = _reference_triplet(anchors, cands, a_lab.tolist(), c_lab.tolist(), hinge="similarity")
+    assert abs(on_similarity.item() - ref_similarity) < 1e-5
+    assert abs(on_similarity.item() - loss.item()) > 1e-3  # the two hinges are different losses
 
     # anchor close to candidate 0, far from candidate 1: the loss depends on which one is labelled positive
     anchor = _unit([1.0, 0.0, 0.0])
@@ -161,6 +169,16 @@ def test_relation_kl_is_zero_at_target_both_directions_and_target_detached():
     row_only = relation_kl(shifted, dist, relevance_columns=-dist.detach())
     assert row_only.abs().item() < 1e-6
     assert relation_kl(shifted, dist).item() > 0.1
+
+    # the direction is KL(relevance || target), as the published code and docs/model.md have it
+    rel = torch.randn(4, 4, generator=g)
+    target = torch.softmax(-dist.detach(), 1)
+    q = torch.softmax(rel, 1)
+    expected = (q * (q.log() - target.log())).sum(1).mean()
+    qc = torch.softmax(rel.t(), 1)
+    tc = torch.softmax(-dist.detach().t(), 1)
+    expected = expected + (qc * (qc.log() - tc.log())).sum(1).mean()
+    torch.testing.assert_close(relation_kl(rel, dist), expected)
 
     relevance = torch.zeros(4, 4, requires_grad=True)
     loss = relation_kl(relevance, dist)

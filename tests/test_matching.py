@@ -93,6 +93,8 @@ def test_cross_encoder_ignores_masked_clip_tokens_and_gets_gradients_everywhere(
 
     scores.sum().backward()
     for name, param in encoder.named_parameters():
+        if name == "prior_weight":  # used by the loss / re-ranker, not by the encoder's own score
+            continue
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 
     with pytest.raises(ValueError, match="no real token"):
@@ -123,7 +125,20 @@ def test_pairwise_loss_is_cross_entropy_with_target_zero_on_every_row():
     assert abs(loss.item() - expected) < 1e-5
 
     loss.backward()
-    assert all(p.grad is not None for p in encoder.parameters())
+    assert all(p.grad is not None for n, p in encoder.named_parameters() if n != "prior_weight")
+
+    # with a first-stage prior (smf_score_prior): logits = cross + prior_weight * prior (detached)
+    prior = torch.randn(G, 1 + k, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    with_prior = pairwise_matching_loss(encoder, products, clips, keep, torch.arange(G), negatives, valid, prior)
+    expected = 0.0
+    for p in rows:
+        cands = [p] + [int(c) for c in negatives[p] if c >= 0]
+        s = [score(p, c) + 10.0 * prior[p, j].item() for j, c in enumerate(cands)]
+        expected += -s[0] + math.log(sum(math.exp(x) for x in s))
+    assert abs(with_prior.item() - expected / len(rows)) < 1e-4
+    encoder.zero_grad()
+    with_prior.backward()
+    assert encoder.prior_weight.grad.abs() > 0 and prior.grad is None  # the prior itself is detached
 
     none = pairwise_matching_loss(encoder, products, clips, keep, torch.arange(G), negatives[4:].expand(G, k), valid[4:].expand(G, k))
     assert none.item() == 0.0 and none.requires_grad

@@ -72,8 +72,8 @@ def test_full_model_losses_are_the_method_terms_and_total_is_their_weighted_sum(
     [
         ("use_gci", {"gnn", "reg"}, ["graph"]),
         ("use_smf", {"pair"}, ["fusion", "cross"]),
-        ("use_text", {"txt"}, ["fc_asr", "fc_title", "tga"]),
-        ("use_tga", set(), ["tga"]),
+        ("use_text", {"txt", "box"}, ["fc_asr", "fc_title", "tga"]),
+        ("use_tga", {"box"}, ["tga"]),
         ("use_tdb", set(), ["temporal"]),
     ],
 )
@@ -264,6 +264,23 @@ def test_tga_map_sums_to_one_over_kept_patches_and_follows_the_asr():
     assert (c1.embedding - c2.embedding).abs().max() > 1e-6
 
 
+def test_the_asr_changes_the_clip_embedding_by_a_measurable_amount():
+    # TGA mixes a real share of the text-attended summary into each frame feature, so v with the
+    # ASR is clearly not v without it (the old gated residual gave cos 0.9998 after training)
+    model = tiny()
+    g = torch.Generator().manual_seed(4)
+    frames = torch.randn(3, 4, 3, S, S, generator=g)
+    asr = torch.randn(3, DT, generator=g)
+    guided = model.encode_clips(frames, asr=asr).embedding
+    unguided = model.encode_clips(frames, asr=asr, asr_mask=torch.zeros(3, dtype=torch.bool)).embedding
+    assert (guided * unguided).sum(-1).max() < 0.99
+    other = model.encode_clips(frames, asr=torch.randn(3, DT, generator=g)).embedding
+    assert (guided * other).sum(-1).max() < 0.9999
+    no_tga = tiny(use_tga=False)
+    no_tga.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("tga.")}, strict=False)
+    torch.testing.assert_close(no_tga.encode_clips(frames, asr=asr).embedding, unguided)
+
+
 def _pil_clip(rng, n):
     return [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(n)]
 
@@ -376,6 +393,8 @@ def test_save_and_load_round_trip_gives_identical_scores(tmp_path):
 
 def test_rerank_reorders_only_the_top_k_with_the_cross_encoder():
     model = tiny(rerank_top_k=3)
+    with torch.no_grad():
+        model.cross.prior_weight.fill_(0.0)  # the cross encoder's own order first; the prior below
     g = torch.Generator().manual_seed(6)
     clips = model.encode_clips(torch.randn(2, 2, 3, S, S, generator=g), asr=torch.randn(2, DT, generator=g),
                                keep_tokens=True)
@@ -391,6 +410,8 @@ def test_rerank_reorders_only_the_top_k_with_the_cross_encoder():
     with torch.no_grad():
         cross = torch.tensor([[float(model.cross(product_tokens[j : j + 1], clip_tokens[i : i + 1], keep[i : i + 1]))
                                for j in range(5)] for i in range(2)])
+        # with smf_score_prior the pair score is prior_weight * S + the cross encoder's output
+        cross = cross + model.cross.prior_weight * base
     for i in range(2):
         top = base[i].topk(3).indices
         assert set(reranked[i].topk(3).indices.tolist()) == set(top.tolist())  # the top-K set is kept
@@ -401,6 +422,10 @@ def test_rerank_reorders_only_the_top_k_with_the_cross_encoder():
         by_cross = top[cross[i, top].argsort(descending=True)].tolist()
         assert reranked[i].topk(3).indices.tolist() == by_cross
         assert by_cross != top.tolist()
+    # a dominant prior (smf_score_prior: prior_weight * S + cross) gives the first-stage order back
+    with torch.no_grad():
+        model.cross.prior_weight.fill_(1e4)
+    torch.testing.assert_close(model.rerank_scores(clips, prods, base), base)
 
 
 # ---- baselines ----------------------------------------------------------------------------------

@@ -11,11 +11,16 @@ D = 32
 def tdb(published=False, seed=0) -> TemporalDifferenceBlock:
     torch.manual_seed(seed)
     block = TemporalDifferenceBlock(D, heads=4, layers=2, max_position=16, published_difference_mask=published)
-    # embeddings start at N(0, 1); make them small like trained ones so LayerNorms see real signal
-    with torch.no_grad():
-        block.frame_position_embeddings.weight.mul_(0.1)
-        block.type_position_embeddings.weight.mul_(0.1)
     return block.eval()
+
+
+def test_position_and_type_embeddings_start_at_n_0_002():
+    # the published code's init for new modules; PyTorch's N(0, 1) made them as large as the
+    # frame features and the shared type embedding a constant offset in every v (issue 9)
+    torch.manual_seed(0)
+    block = TemporalDifferenceBlock(512, heads=8, layers=1, max_position=77)
+    for weight in (block.frame_position_embeddings.weight, block.type_position_embeddings.weight):
+        assert abs(weight.mean().item()) < 0.005 and 0.015 < weight.std().item() < 0.025
 
 
 def test_quick_gelu_is_the_clip_activation():

@@ -86,16 +86,32 @@ def test_frame_without_kept_patches_gives_no_nan():
     torch.testing.assert_close(out[0, 2], cls[0, 2])
 
 
-def test_starts_near_identity_but_every_parameter_gets_gradient():
+def test_guided_feature_is_a_real_mix_of_cls_and_summary_and_every_parameter_gets_gradient():
+    # The summary enters as a share alpha of the feature (0.5 at start), rescaled to the CLS norm:
+    # a small per-channel gate on an added summary left v unchanged in training (issue 9).
     torch.manual_seed(0)
-    tga = TextGuidedAttention(16, gate_init=0.1)
+    tga = TextGuidedAttention(16)
+    assert abs(tga.mix.item() - 0.5) < 1e-6
     cls, patches, text = _inputs()
-    out, _ = tga(cls, patches, text)
-    rel = (out - cls).norm() / cls.norm()
-    assert rel < 0.5
+    out, attn = tga(cls, patches, text)
+    summary = tga.out(torch.einsum("btp,btpd->btd", attn, tga.value(tga.norm_patch(patches))))
+    summary = summary / summary.norm(dim=-1, keepdim=True) * cls.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(out, 0.5 * cls + 0.5 * summary)
+    assert ((out - cls).norm(dim=-1) / cls.norm(dim=-1)).min() > 0.1
+    # another text moves the map, and through it the feature, by a measurable amount
+    out2, attn2 = tga(cls, patches, torch.randn(3, 16, generator=torch.Generator().manual_seed(5)))
+    assert (attn2 - attn).abs().sum(-1).mean() > 0.05
+    assert ((out2 - out).norm(dim=-1) / cls.norm(dim=-1)).mean() > 0.01
     out.pow(2).sum().backward()
     for name, p in tga.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_mix_init_is_checked():
+    import pytest
+
+    with pytest.raises(ValueError, match="mix_init"):
+        TextGuidedAttention(16, mix_init=0.0)
 
 
 def test_attention_grid_reshapes_square_maps():

@@ -293,7 +293,7 @@ def test_grad_accumulation_applies_the_gradient_of_the_larger_batch(tmp_path):
 
 def test_grad_clip_bounds_the_applied_gradient_norm(tmp_path):
     clip = 0.05
-    trainer = toy_trainer(tmp_path / "run", grad_clip=clip, epochs=1)
+    trainer = toy_trainer(tmp_path / "run", grad_clip=clip, grad_clip_mode="global", epochs=1)
     applied = record_step_grads(trainer)
     trainer.fit()
     norms = [torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in step.values()])).item() for step in applied]
@@ -302,6 +302,108 @@ def test_grad_clip_bounds_the_applied_gradient_norm(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     logged = [r["grad_norm"] for r in rows if r["kind"] == "step"]
     assert len(logged) == 6 and min(logged) > clip
+
+
+def test_module_clipping_bounds_each_module_and_logs_its_norm(tmp_path):
+    clip = 0.05
+    trainer = toy_trainer(tmp_path / "run", grad_clip=clip, epochs=1)  # "module" is the default
+    assert set(trainer.clip_groups) == {"backbone", "position_embedding", "head"}
+    applied = record_step_grads(trainer)
+    trainer.fit()
+    for step in applied:
+        for module in ("backbone", "position_embedding", "head"):
+            grads = [g for name, g in step.items() if name.startswith(module)]
+            assert torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item() <= clip * (1 + 1e-4)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["kind"] == "step"]
+    assert set(steps[0]["grad_norms"]) == {"backbone", "position_embedding", "head"}
+    total = math.sqrt(sum(v * v for v in steps[0]["grad_norms"].values()))
+    assert abs(total - steps[0]["grad_norm"]) < 1e-4 * total
+
+
+class _TextAndTGA(nn.Module):
+    """A text head under a x100-scale loss and a small new module, as in SGMN (issue 9)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc_asr = nn.Linear(8, 8)
+        self.tga = nn.Linear(8, 8)
+
+    def loss(self, x):
+        return 1000.0 * self.fc_asr(x).pow(2).mean() + 1e-3 * (self.tga(x) - 1.0).pow(2).mean()
+
+
+def test_module_clipping_lets_a_small_gradient_module_move():
+    from sgmn.train.optim import clip_gradients, clip_groups
+
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+    moved = {}
+    for mode in ("module", "global"):
+        torch.manual_seed(0)
+        model = _TextAndTGA()
+        start = model.tga.weight.detach().clone()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
+        groups = clip_groups(model, mode)
+        assert set(groups) == ({"fc_asr", "tga"} if mode == "module" else {"all"})
+        for step in range(20):
+            opt.zero_grad()
+            model.loss(x).backward()
+            raw = model.tga.weight.grad.clone()
+            total, norms = clip_gradients(groups, 1.0)
+            if mode == "module" and step == 0:
+                # the big head is clipped to 1, the small module keeps its own gradient
+                assert norms["fc_asr"] > 10 and norms["tga"] < 1
+                assert abs(model.fc_asr.weight.grad.norm() ** 2 + model.fc_asr.bias.grad.norm() ** 2 - 1.0) < 1e-3
+                assert torch.equal(model.tga.weight.grad, raw)
+            opt.step()
+        moved[mode] = ((model.tga.weight - start).norm() / start.norm()).item()
+    # one shared norm scales the small module's gradient below Adam's eps: it barely moves
+    assert moved["module"] > 5 * moved["global"], moved
+
+
+def test_detector_boxes_mask_training_and_query_patches(tiny_lpr, tmp_path, monkeypatch):
+    import sgmn
+    import sgmn.data.dataset as dataset_module
+    from sgmn.data.dataset import NoTextVectors
+    from sgmn.data.readers import read_dataset
+    from sgmn.eval.protocol import encode_queries
+    from sgmn.train.loop import train
+
+    seen = []
+
+    class SpyPairs(dataset_module.TrainPairs):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(self.use_boxes)
+
+    monkeypatch.setattr(dataset_module, "TrainPairs", SpyPairs)
+    overrides = {"vision.layers": 1, "num_frames": 4, "use_text": False}
+    cfg = dict(epochs=1, max_steps=1, batch_size=4, num_workers=0, val_fraction=0.0, log_every=1)
+    for detector in (False, True):
+        train(tiny_lpr, "lpr4m", "sgmn-tiny", tmp_path / f"run{detector}", TrainConfig(**cfg),
+              model_overrides={**overrides, "detector_boxes": detector})
+    assert seen == [False, True]  # training masks patches only in the detector-assisted mode
+
+    # queries: the same weights, with and without the mode; only the detector model masks
+    data = read_dataset(tiny_lpr, "lpr4m")
+    clips = data.split_clips("test")[:4]
+    plain = sgmn.create_model("sgmn-tiny", **overrides)
+    detector = sgmn.create_model("sgmn-tiny", **overrides, detector_boxes=True)
+    detector.load_state_dict(plain.state_dict())
+    masks = []
+    for model in (plain, detector):
+        original = model.encode_clips
+
+        def spy(*args, _original=original, **kwargs):
+            masks.append(kwargs.get("patch_mask"))
+            return _original(*args, **kwargs)
+
+        model.encode_clips = spy
+    kw = dict(text=NoTextVectors(plain.config.text.dim), batch_size=4, device="cpu", progress=False)
+    _, plain_emb, _ = encode_queries(plain, clips, data, **kw)
+    _, detector_emb, _ = encode_queries(detector, clips, data, **kw)
+    assert masks[0] is None and masks[1] is not None and not bool(masks[1].all())
+    assert not torch.allclose(plain_emb.embedding, detector_emb.embedding)
 
 
 def test_bf16_autocast_on_cpu_trains(tmp_path):

@@ -126,7 +126,7 @@ class _ClipFrames:
         self.video_fps = video_fps
 
     def __call__(
-        self, clip: Clip, truncate: Optional[Callable[[int], int]] = None, use_boxes: bool = True,
+        self, clip: Clip, truncate: Optional[Callable[[int], int]] = None, use_boxes: bool = False,
         product_id: Optional[str] = None,
     ) -> dict[str, Any]:
         """``truncate(n)``: how many of the ``n`` sampled frames to keep (all when ``None``);
@@ -203,6 +203,10 @@ class TrainPairs(_SkippingDataset):
     The draw uses a generator seeded from ``(seed, epoch, index)``: reproducible, and the same
     whichever DataLoader worker loads the sample. Call :meth:`set_epoch` before each epoch (with
     non-persistent workers, which copy the dataset when iteration starts).
+
+    ``use_boxes``: turn the product's boxes into ``patch_mask`` (the detector-assisted mode,
+    ``SGMNConfig.detector_boxes``). Off by default, so that training sees what a query without
+    boxes looks like at inference; ``boxes``/``box_mask`` are returned either way (box loss).
     """
 
     def __init__(
@@ -220,6 +224,7 @@ class TrainPairs(_SkippingDataset):
         seed: int = 0,
         on_error: OnError = "raise",
         video_fps: Optional[float] = None,
+        use_boxes: bool = False,
     ):
         super().__init__(on_error)
         if not 0.0 <= truncation_p <= 1.0:
@@ -229,6 +234,7 @@ class TrainPairs(_SkippingDataset):
         self.frames = _ClipFrames(num_frames, image_size, patch_size, geometry, video_fps)
         self.train = train
         self.truncation_p = truncation_p
+        self.use_boxes = use_boxes
         self.seed = seed
         self.epoch = 0
         self.pairs: list[tuple[str, str]] = []
@@ -269,7 +275,7 @@ class TrainPairs(_SkippingDataset):
         clip_id, product_id = self.pairs[index]
         clip, product = self.data.clips[clip_id], self.data.products[product_id]
         truncate = (lambda n: self.truncation_keep(index, n)) if self.train else None
-        sample = self.frames(clip, truncate=truncate, product_id=product_id)
+        sample = self.frames(clip, truncate=truncate, use_boxes=self.use_boxes, product_id=product_id)
         sample["product_pixels"], _ = self.frames.transform(load_image(product.image_paths[0]))
         dim = self.text.dim
         sample["asr_vec"], sample["asr_mask"] = _text_tensors(*self.text.clip(clip_id), dim, clip_id)

@@ -146,6 +146,8 @@ def _dataset_kwargs(model) -> dict:
         image_size=c.vision.image_size,
         patch_size=c.vision.patch_size,
         geometry=c.geometry,
+        # detector-assisted models mask the patches outside a query's box, where it has one
+        use_boxes=bool(getattr(c, "detector_boxes", False)),
     )
 
 
@@ -271,6 +273,7 @@ def encode_queries(model, clips: list[Clip], data: LPRData, *, text, batch_size:
             frame_mask=batch["frame_mask"].to(device),
             asr=batch["asr_vec"].to(device) if "asr_vec" in batch else None,
             asr_mask=batch["asr_mask"].to(device) if "asr_mask" in batch else None,
+            patch_mask=batch["patch_mask"].to(device) if ds.use_boxes else None,
             return_attention=return_attention,
         )
         local.append((number, (list(batch["clip_ids"]), _to_cpu(emb), skipped)))

@@ -59,7 +59,7 @@ class LossWeights:
     gnn: float = 1.0  # Trip(v, p~) + Trip(v~, p) + Trip(v~, p~)
     pair: float = 1.0  # cross-encoder classification over 1 + k candidates
     vi: float = 0.0  # optional InfoNCE on the multimodal score matrix S
-    box: float = 0.0  # optional box supervision of the TGA attention map
+    box: float = 1.0  # box supervision of the TGA map where training frames have boxes (-log mass in the box)
     icl: float = 1.0  # instance-level contrastive (baselines clip-meanpool / rice-icl)
 
 
@@ -82,6 +82,10 @@ class SGMNConfig:
     use_smf: bool = True  # hard-example mining + selective fusion + cross encoder (training only)
     use_text: bool = True  # ASR/title branch (text term of the score and L_txt)
     tga_on_products: bool = False  # also apply TGA to shop images with the title as query
+    # Detector-assisted mode: patches outside the product's box are masked out of the backbone,
+    # in training AND for queries that have boxes (evaluation). Off by default: a real query has
+    # no box, so training must see the same unmasked frames (boxes then only feed losses.box).
+    detector_boxes: bool = False
 
     # Temporal difference block
     temporal_layers: int = 2
@@ -105,17 +109,26 @@ class SGMNConfig:
     gci_sigma: float = 1.0
     gci_frame_topk: int = 10  # top-K frame-level scores fed to the relevance MLP (+ their mean)
     gci_intra_cross_domain_bug: bool = False  # reproduce the published code's cross-domain intra edges
+    # Inter-domain (clip-product) edges: each node keeps its top gci_topk_ratio partners by the
+    # mean frame-level match, as published; True = every pair is an edge.
+    gci_inter_all_pairs: bool = False
 
     # Hard-example mining + selective fusion
     smf_k: int = 3
     cross_layers: int = 1
     cross_heads: int = 8
     rerank_top_k: int = 0  # > 0: re-rank the top-K at inference with the cross encoder (off by default)
+    # The cross encoder scores a pair as prior_weight * S (detached first-stage score) + its own
+    # output: it learns a correction of the retrieval score (False: its output alone)
+    smf_score_prior: bool = True
 
     # Triplet loss (distance-weighted sampling, Wu et al. 2017)
     triplet_margin: float = 0.2
     triplet_cutoff: float = 0.5
     triplet_nonzero_cutoff: float = 1.7
+    # "distance": relu(m + d_ap - d_an); "similarity": relu(m + s_an - s_ap) as the published code,
+    # which collapsed from-scratch training within 15 steps (docs/model.md, choices)
+    triplet_hinge: Literal["similarity", "distance"] = "distance"
 
     losses: LossWeights = field(default_factory=LossWeights)
     dropout: float = 0.0

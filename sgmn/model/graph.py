@@ -5,9 +5,14 @@ The G clips and G products of the global batch become the 2G nodes of one graph:
 * intra-domain edges join each node to its top ``gci_topk_ratio`` most similar nodes OF ITS OWN
   DOMAIN (clip-clip, product-product), weighted exp(-||x - y|| / sigma). The published code picks
   these neighbours with the cross-domain (clip-product) similarities; ``gci_intra_cross_domain_bug``
-  reproduces that for comparison;
-* inter-domain edges (every clip-product pair) carry a relevance learned from FRAME-LEVEL matching
-  (:func:`frame_level_matching`) by a small MLP per direction;
+  reproduces that for comparison. As published, the choice of neighbours carries no gradient but
+  the weights do (L_gnn also shapes v and p through them);
+* inter-domain edges join each clip to its top ``gci_topk_ratio`` products and each product to
+  its top clips by the mean frame-level match, as published (``gci_inter_all_pairs``: every pair);
+  they carry a relevance learned from FRAME-LEVEL matching (:func:`frame_level_matching`) by a
+  small MLP per direction over the top-K scores, plus their mean as a residual (published). The
+  frame-level matching runs on DETACHED features, as published: it only steers the graph and
+  L_reg, and its gradient does not reach the encoders;
 * one graph-transformer layer attends over the nodes with the edge values as an additive attention
   bias and -inf where there is no edge, so a non-edge gets attention weight exactly 0. Self-loops
   are always edges, so no row is all -inf.
@@ -111,19 +116,33 @@ def intra_domain_edges(
     """Edges among the G nodes of one domain: (edges bool (G, G), weights (G, G)).
 
     Row i is joined to its ``max(1, int(ratio * G))`` nearest nodes (itself included, being at
-    distance 0) plus a self-loop; the weight is exp(-||x_i - y_j|| / sigma). ``reference`` replaces
-    the distances used for both choices with ones to another set of nodes (the published code's
-    cross-domain similarities); edges still join nodes of this domain. The structure is a prior
-    from the current embeddings, so it is detached.
+    distance 0) plus a self-loop; the weight is exp(-||x_i - x_j|| / sigma). ``reference`` replaces
+    the distances used for the choice of neighbours with ones to another set of nodes (the
+    published code's cross-domain similarities); edges and weights still join nodes of this
+    domain. The choice is discrete (no gradient); the weights keep their gradient, as published.
     """
     G = x.shape[0]
-    distance = torch.cdist(x.detach(), (x if reference is None else reference).detach())
-    k = max(1, min(G, int(ratio * G)))
-    nearest = distance.topk(k, dim=1, largest=False).indices
-    edges = torch.zeros(G, G, dtype=torch.bool, device=x.device)
-    edges.scatter_(1, nearest, True)
-    edges |= torch.eye(G, dtype=torch.bool, device=x.device)
-    return edges, torch.exp(-distance / sigma)
+    with torch.no_grad():
+        choice = torch.cdist(x, x if reference is None else reference)
+        k = max(1, min(G, int(ratio * G)))
+        nearest = choice.topk(k, dim=1, largest=False).indices
+        edges = torch.zeros(G, G, dtype=torch.bool, device=x.device)
+        edges.scatter_(1, nearest, True)
+        edges |= torch.eye(G, dtype=torch.bool, device=x.device)
+    return edges, torch.exp(-_cdist(x, x) / sigma)
+
+
+def _cdist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances with a finite gradient at 0 (that of a plain sqrt is inf there)."""
+    squared = (x.pow(2).sum(-1)[:, None] + y.pow(2).sum(-1)[None, :] - 2 * x @ y.t()).clamp(min=1e-12)
+    return squared.sqrt()
+
+
+def top_ratio_edges(scores: torch.Tensor, ratio: float) -> torch.Tensor:
+    """(R, C) bool: each row's top ``max(1, int(ratio * C))`` columns by ``scores`` (ties kept)."""
+    k = max(1, min(scores.shape[1], int(ratio * scores.shape[1])))
+    kth = scores.topk(k, dim=1).values[:, -1:]
+    return scores >= kth
 
 
 class GraphTransformerLayer(nn.Module):
@@ -166,6 +185,11 @@ def _relevance_mlp(in_features: int, dropout: float) -> nn.Sequential:
     )
 
 
+def _relevance(mlp: nn.Module, profile: torch.Tensor) -> torch.Tensor:
+    """MLP over the top-K scores of a profile (..., K+1), plus their mean as a residual (published)."""
+    return mlp(profile[..., :-1]).squeeze(-1) + profile[..., -1]
+
+
 class CrossDomainGraph(nn.Module):
     """GCI over the global batch; see the module docstring. Uses the ``gci_*`` / ``triplet_*``
     fields of :class:`SGMNConfig`."""
@@ -176,8 +200,8 @@ class CrossDomainGraph(nn.Module):
         d, k = config.embed_dim, config.gci_frame_topk
         if d % config.gci_heads != 0:
             raise ValueError(f"embed_dim {d} is not divisible by gci_heads {config.gci_heads}")
-        self.relevance_clip_to_product = _relevance_mlp(k + 1, config.dropout)
-        self.relevance_product_to_clip = _relevance_mlp(k + 1, config.dropout)
+        self.relevance_clip_to_product = _relevance_mlp(k, config.dropout)
+        self.relevance_product_to_clip = _relevance_mlp(k, config.dropout)
         self.layers = nn.ModuleList(
             GraphTransformerLayer(d, config.gci_heads, feedforward=d, dropout=config.dropout)
             for _ in range(config.gci_layers)
@@ -191,25 +215,44 @@ class CrossDomainGraph(nn.Module):
         product_mask: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(clip -> product, product -> clip) relevance logits, both (G_clips, G_products)."""
+        return self._relevances_and_means(frame_tokens, frame_mask, product_tokens, product_mask)[:2]
+
+    def _relevances_and_means(self, frame_tokens, frame_mask, product_tokens, product_mask=None):
+        """Relevances as :meth:`relevances`, plus the mean frame-level match of each direction."""
         k = self.config.gci_frame_topk
+        # Detached as in the published code: frame-level matching steers the graph, not the encoders.
+        frame_tokens, product_tokens = frame_tokens.detach(), product_tokens.detach()
         clip_profile = frame_level_matching(frame_tokens, frame_mask, product_tokens, k, "clip", product_mask)
         product_profile = frame_level_matching(frame_tokens, frame_mask, product_tokens, k, "product", product_mask)
         return (
-            self.relevance_clip_to_product(clip_profile).squeeze(-1),
-            self.relevance_product_to_clip(product_profile).squeeze(-1),
+            _relevance(self.relevance_clip_to_product, clip_profile),
+            _relevance(self.relevance_product_to_clip, product_profile),
+            clip_profile[..., -1],
+            product_profile[..., -1],
         )
 
     def adjacency(
-        self, v: torch.Tensor, p: torch.Tensor, relevance: torch.Tensor, relevance_reverse: torch.Tensor
+        self, v: torch.Tensor, p: torch.Tensor, relevance: torch.Tensor, relevance_reverse: torch.Tensor,
+        match_mean: Optional[torch.Tensor] = None, match_mean_reverse: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(edges bool (2G, 2G), additive attention bias (2G, 2G)) over the nodes [clips; products]."""
+        """(edges bool (2G, 2G), additive attention bias (2G, 2G)) over the nodes [clips; products].
+
+        ``match_mean`` / ``match_mean_reverse`` (G_clips, G_products): the mean frame-level match of
+        each direction; a clip keeps its top ``gci_topk_ratio`` products by ``match_mean``, a product
+        its top clips by ``match_mean_reverse``. Without them (or with ``gci_inter_all_pairs``)
+        every clip-product pair is an edge.
+        """
         cfg = self.config
         bug = cfg.gci_intra_cross_domain_bug
         clip_edges, clip_w = intra_domain_edges(v, cfg.gci_topk_ratio, cfg.gci_sigma, p if bug else None)
         prod_edges, prod_w = intra_domain_edges(p, cfg.gci_topk_ratio, cfg.gci_sigma, v if bug else None)
-        inter = torch.ones_like(relevance, dtype=torch.bool)
+        if cfg.gci_inter_all_pairs or match_mean is None or match_mean_reverse is None:
+            inter = inter_reverse = torch.ones_like(relevance, dtype=torch.bool)
+        else:
+            inter = top_ratio_edges(match_mean.detach(), cfg.gci_topk_ratio)
+            inter_reverse = top_ratio_edges(match_mean_reverse.detach().t(), cfg.gci_topk_ratio).t()
         edges = torch.cat(
-            [torch.cat([clip_edges, inter], dim=1), torch.cat([inter.t(), prod_edges], dim=1)], dim=0
+            [torch.cat([clip_edges, inter], dim=1), torch.cat([inter_reverse.t(), prod_edges], dim=1)], dim=0
         )
         weights = torch.cat(
             [torch.cat([clip_w, relevance], dim=1), torch.cat([relevance_reverse.t(), prod_w], dim=1)], dim=0
@@ -229,8 +272,10 @@ class CrossDomainGraph(nn.Module):
         p are a training pair); frame_tokens (G, T, d), frame_mask (G, T); product_tokens (G, N, d)."""
         if v.shape != p.shape or v.ndim != 2:
             raise ValueError(f"v and p must both be (G, d), got {tuple(v.shape)} and {tuple(p.shape)}")
-        relevance, relevance_reverse = self.relevances(frame_tokens, frame_mask, product_tokens, product_mask)
-        edges, bias = self.adjacency(v, p, relevance, relevance_reverse)
+        relevance, relevance_reverse, mean, mean_reverse = self._relevances_and_means(
+            frame_tokens, frame_mask, product_tokens, product_mask
+        )
+        edges, bias = self.adjacency(v, p, relevance, relevance_reverse, mean, mean_reverse)
         x = torch.cat([v, p], dim=0)[None]
         attention = None
         for layer in self.layers:
@@ -255,7 +300,8 @@ class CrossDomainGraph(nn.Module):
         config's margin and cutoffs; the KL target is the detached exp(-cdist(v, p)).
         """
         cfg = self.config
-        kw = dict(margin=cfg.triplet_margin, cutoff=cfg.triplet_cutoff, nonzero_cutoff=cfg.triplet_nonzero_cutoff)
+        kw = dict(margin=cfg.triplet_margin, cutoff=cfg.triplet_cutoff, nonzero_cutoff=cfg.triplet_nonzero_cutoff,
+                  hinge=cfg.triplet_hinge)
         terms = {
             "gnn": bidirectional_triplet(out.v, out.p_tilde, labels, **kw)
             + bidirectional_triplet(out.v_tilde, out.p, labels, **kw)

@@ -13,6 +13,9 @@ Where this module departs from the published SGMN code (see ``docs`` / spec ``me
 * the distance-weighted negative is replaced by its expectation under the sampling distribution
   (deterministic, lower variance, same expected gradient as sampling one negative);
 * the text InfoNCE is computed in both directions (the published code computes one twice).
+
+The triplet hinge is on distances, relu(m + d_ap - d_an), by default; ``hinge="similarity"`` is the
+published relu(m + s_an - s_ap). Kept as published: L_reg = KL(relevance || target).
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ def distance_weighted_triplet(
     margin: float = 0.2,
     cutoff: float = 0.5,
     nonzero_cutoff: float = 1.7,
+    hinge: str = "distance",
 ) -> torch.Tensor:
     """One-directional triplet loss with distance-weighted negatives (Wu et al. 2017).
 
@@ -108,7 +112,8 @@ def distance_weighted_triplet(
     the candidates with the same label and its negatives those with a different label. The loss of
     anchor i is the mean over its positives j of
 
-        E_{k ~ w_i}[ relu(d(i, j) - d(i, k) + margin) ]
+        E_{k ~ w_i}[ relu(margin + d(i, j) - d(i, k)) ]     (hinge="distance", default)
+        E_{k ~ w_i}[ relu(margin + s(i, k) - s(i, j)) ]     (hinge="similarity", published)
 
     where w_i is the distance-weighted sampling distribution over i's negatives
     (:func:`negative_sampling_weights`). Using the expectation instead of drawing one negative keeps
@@ -127,9 +132,16 @@ def distance_weighted_triplet(
     anchor_idx, positive_idx = same.nonzero(as_tuple=True)
     if anchor_idx.numel() == 0:
         return _zero_like_graph(anchors, candidates)
-    positive_distance = distance[anchor_idx, positive_idx]  # (P,)
-    hinge = F.relu(positive_distance[:, None] - distance[anchor_idx] + margin)  # (P, C)
-    per_pair = (hinge * weight[anchor_idx]).sum(dim=1)  # expectation over negatives
+    if hinge == "similarity":
+        # s = 1 - d²/2 exactly (d is computed from s); bounded gradient even for close pairs
+        score = F.normalize(anchors, dim=-1) @ F.normalize(candidates, dim=-1).t()
+    elif hinge == "distance":
+        score = -distance
+    else:
+        raise ValueError(f"hinge must be 'similarity' or 'distance', got {hinge!r}")
+    positive_score = score[anchor_idx, positive_idx]  # (P,)
+    violation = F.relu(margin + score[anchor_idx] - positive_score[:, None])  # (P, C)
+    per_pair = (violation * weight[anchor_idx]).sum(dim=1)  # expectation over negatives
     positives_per_anchor = same.sum(dim=1).to(per_pair.dtype)  # >= 1 for every anchor in anchor_idx
     per_anchor = torch.zeros(anchors.shape[0], dtype=per_pair.dtype, device=per_pair.device)
     per_anchor = per_anchor.index_add(0, anchor_idx, per_pair / positives_per_anchor[anchor_idx])
@@ -144,6 +156,7 @@ def bidirectional_triplet(
     margin: float = 0.2,
     cutoff: float = 0.5,
     nonzero_cutoff: float = 1.7,
+    hinge: str = "distance",
 ) -> torch.Tensor:
     """Trip(x, y) = triplet(x anchors -> y candidates) + triplet(y anchors -> x candidates).
 
@@ -151,7 +164,7 @@ def bidirectional_triplet(
     batches where row i of x and y belong together).
     """
     y_labels = labels if y_labels is None else y_labels
-    kw = dict(margin=margin, cutoff=cutoff, nonzero_cutoff=nonzero_cutoff)
+    kw = dict(margin=margin, cutoff=cutoff, nonzero_cutoff=nonzero_cutoff, hinge=hinge)
     return distance_weighted_triplet(x, y, labels, y_labels, **kw) + distance_weighted_triplet(
         y, x, y_labels, labels, **kw
     )
@@ -201,11 +214,11 @@ def symmetric_infonce(
     return 0.5 * (a_to_b + b_to_a)
 
 
-def _row_kl(target_logits: torch.Tensor, predicted_logits: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of KL(softmax(target) || softmax(predicted))."""
+def _row_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of KL(softmax(p) || softmax(q))."""
     return F.kl_div(
-        F.log_softmax(predicted_logits, dim=1),
-        F.log_softmax(target_logits, dim=1),
+        F.log_softmax(q_logits, dim=1),
+        F.log_softmax(p_logits, dim=1),
         reduction="batchmean",
         log_target=True,
     )
@@ -225,7 +238,8 @@ def relation_kl(
     G_products), typically ``torch.cdist(v, p)``; it is DETACHED here, the target only teaches the
     relevance. Both directions are summed:
 
-    * row-wise: for each clip, KL(normalise_row(exp(-D)) || normalise_row(relevance));
+    * row-wise: for each clip, KL(normalise_row(relevance) || normalise_row(exp(-D))), the
+      direction of the published code (``F.kl_div(log p_target, p_relevance)``);
     * column-wise: for each product, the same over clips. ``relevance_columns`` (same orientation,
       clips x products) is used for this direction when the product->clip relevance is a separate
       estimate; by default it is ``relevance``.
@@ -238,4 +252,4 @@ def relation_kl(
     if not relevance_is_logits:
         relevance, columns = relevance.clamp(min=1e-12).log(), columns.clamp(min=1e-12).log()
     target_logits = -target_distance.detach()
-    return _row_kl(target_logits, relevance) + _row_kl(target_logits.t(), columns.t())
+    return _row_kl(relevance, target_logits) + _row_kl(columns.t(), target_logits.t())

@@ -139,6 +139,12 @@ class CrossEncoder(nn.Module):
     product tokens attend to the clip's T*N tokens], then the product CLS -> LayerNorm -> Linear
     -> scalar. The clip tokens are a set (no position embedding): the match does not depend on
     frame order.
+
+    ``prior_weight`` scales the first-stage score S of a pair, which the loss and the re-ranker
+    add to the cross encoder's output (``SGMNConfig.smf_score_prior``): the cross encoder learns
+    a correction of the retrieval score. On its own it stayed at chance in joint training (issue
+    9: a from-scratch backbone's tokens have cos 0.84-0.95 across clips, its scores varied by
+    0.05 between candidates, and 40 steps on frozen features moved nothing).
     """
 
     def __init__(self, dim: int, heads: int, layers: int = 1, ln_eps: float = 1e-5, mlp_ratio: float = 4.0, dropout: float = 0.0):
@@ -147,6 +153,7 @@ class CrossEncoder(nn.Module):
         self.cross_blocks = nn.ModuleList(CrossAttentionBlock(dim, heads, ln_eps, mlp_ratio, dropout) for _ in range(layers))
         self.ln_pool = nn.LayerNorm(dim, eps=ln_eps)
         self.score = nn.Linear(dim, 1)
+        self.prior_weight = nn.Parameter(torch.tensor(10.0))
 
     def forward(
         self,
@@ -177,12 +184,15 @@ def pairwise_matching_loss(
     positive_clip_index: torch.Tensor,
     negatives: torch.Tensor,
     valid: torch.Tensor,
+    prior: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """L_pair: each product against its positive clip and its k mined negatives.
 
     product_tokens (G, N, d) (title already fused); clip_tokens (G, L, d) (ASR already fused),
     clip_keep (G, L); positive_clip_index (G,) the clip of each product's pair (``arange(G)`` for
-    a paired batch); negatives, valid (G, k) from :func:`mine_hard_negatives`.
+    a paired batch); negatives, valid (G, k) from :func:`mine_hard_negatives`; prior (G, 1+k)
+    optional first-stage scores of the candidates (positive first), detached and added to the
+    cross encoder's scores times ``cross_encoder.prior_weight``.
 
     Logits (G, 1+k) = [score(positive), score(negatives)], invalid negatives at -inf;
     cross-entropy with target 0 on every row that has at least one valid negative, averaged over
@@ -201,6 +211,8 @@ def pairwise_matching_loss(
     pair_scores = cross_encoder(
         product_tokens[rows], clip_tokens[clips], None if clip_keep is None else clip_keep[clips]
     )
+    if prior is not None:
+        pair_scores = pair_scores + cross_encoder.prior_weight * prior.detach()[rows, slots].to(pair_scores.dtype)
     logits = torch.full((G, 1 + k), float("-inf"), dtype=pair_scores.dtype, device=pair_scores.device)
     logits = logits.index_put((rows, slots), pair_scores)[has_negative]
     target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)

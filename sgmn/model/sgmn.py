@@ -182,12 +182,14 @@ class SGMN(RetrievalModel):
         losses: dict[str, torch.Tensor] = {}
         if cfg.use_text and w.txt > 0 and bool((a_mask & t_mask).any()):
             losses["txt"] = symmetric_infonce(a, t, labels, scale, a_mask=a_mask, b_mask=t_mask)
-        trip = dict(margin=cfg.triplet_margin, cutoff=cfg.triplet_cutoff, nonzero_cutoff=cfg.triplet_nonzero_cutoff)
+        trip = dict(margin=cfg.triplet_margin, cutoff=cfg.triplet_cutoff, nonzero_cutoff=cfg.triplet_nonzero_cutoff,
+                    hinge=cfg.triplet_hinge)
         if w.base > 0:
             losses["base"] = bidirectional_triplet(v, p, labels, **trip)
         if self.graph is not None and (w.gnn > 0 or w.reg > 0):
-            frame_feats = all_gather_with_grad(clip["frame_feats"])
-            product_tokens = all_gather_with_grad(prod["tokens"])
+            # frame-level matching is detached (as published): no gradient to gather
+            frame_feats = all_gather_no_grad(clip["frame_feats"].detach())
+            product_tokens = all_gather_no_grad(prod["tokens"].detach())
             graph_out = self.graph(v, p, frame_feats, g_frame_mask, product_tokens)
             graph_losses = self.graph.losses(graph_out, labels)
             for name in ("gnn", "reg"):
@@ -224,7 +226,8 @@ class SGMN(RetrievalModel):
         clips of other products, mined on S = v·p + λ·a·t."""
         from sgmn.model.matching import clip_token_keep, mine_hard_negatives, pairwise_matching_loss
 
-        negatives = mine_hard_negatives(self.score_tensors(v, p, a, t, a_mask, t_mask), labels, labels, self.config.smf_k)
+        scores = self.score_tensors(v, p, a, t, a_mask, t_mask)
+        negatives = mine_hard_negatives(scores, labels, labels, self.config.smf_k)
         clip_tokens = all_gather_with_grad(clip["tokens"])
         product_tokens = all_gather_with_grad(prod["tokens"])
         if patch_mask is not None:
@@ -236,8 +239,12 @@ class SGMN(RetrievalModel):
             all_gather_with_grad(prod["t_raw"]) if prod["t_raw"] is not None else None, t_mask,
         )
         positives = torch.arange(v.shape[0], device=v.device)
+        prior = None
+        if self.config.smf_score_prior:  # S of each (product, candidate clip), positive first
+            candidates = torch.cat([positives[:, None], negatives.indices.clamp(min=0)], dim=1)
+            prior = scores.detach().t().gather(1, candidates)
         return pairwise_matching_loss(
-            self.cross, product_tokens, clip_tokens, keep, positives, negatives.indices, negatives.valid
+            self.cross, product_tokens, clip_tokens, keep, positives, negatives.indices, negatives.valid, prior
         )
 
     def _fuse_for_cross_encoder(self, clip_tokens, frame_mask, patch_mask, a_raw, a_mask, product_tokens, t_raw, t_mask):
@@ -305,6 +312,8 @@ class SGMN(RetrievalModel):
             )
             top_values, top_idx = scores.topk(k, dim=1)  # sorted, best first
             cross = rerank(self.cross, product_tokens, clip_tokens, keep, top_idx)
+            if self.config.smf_score_prior:
+                cross = cross + self.cross.prior_weight * top_values.to(cross.dtype)
         finally:
             self.train(was_training)
         order = cross.argsort(dim=1, descending=True)

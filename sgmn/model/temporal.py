@@ -50,6 +50,10 @@ class TemporalDifferenceBlock(nn.Module):
         self.published_difference_mask = published_difference_mask
         self.frame_position_embeddings = nn.Embedding(max_position, embed_dim)
         self.type_position_embeddings = nn.Embedding(2, embed_dim)
+        # N(0, 0.02) as the published code initialises new modules (PyTorch's N(0, 1) would be as
+        # large as the frame features, and the shared type embedding a constant offset in every v)
+        nn.init.normal_(self.frame_position_embeddings.weight, std=0.02)
+        nn.init.normal_(self.type_position_embeddings.weight, std=0.02)
         self.difference_transformer = Transformer(embed_dim, 1, heads, ln_eps=ln_eps, dropout=dropout)
         self.difference_norm = nn.LayerNorm(embed_dim, eps=ln_eps)
         self.temporal_transformer = Transformer(embed_dim, layers, heads, ln_eps=ln_eps, dropout=dropout)

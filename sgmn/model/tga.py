@@ -3,20 +3,25 @@
 The published code adds one projected text vector to every token, which is attention over a single
 key (weight always 1): nothing is selected. Here the text really attends: per frame, a query made
 from the text embedding scores that frame's *patch* tokens, a softmax over the kept patches turns
-the scores into a spatial map, and the map-weighted patch summary is added to the frame's CLS
-feature through a learned per-channel gate (LayerScale-style).
+the scores into a spatial map, and the frame feature becomes a learned convex mix of the CLS
+feature and the map-weighted patch summary (rescaled to the CLS norm): f = (1 - alpha) CLS +
+alpha summary, alpha = sigmoid(mix_logit), 0.5 at start. A small per-channel gate on a summary
+added to CLS (this module's first design) left v unchanged (cos 0.9998 with vs without ASR after
+training); a mix whose weight is a share of the feature cannot be silently negligible.
 
 Conventions
 - masks are boolean, ``True`` = keep / real;
 - masked patches get attention weight exactly 0 (they are removed before the softmax);
 - a sample without text (``text_mask`` False) keeps its CLS unchanged and gets an all-zero map —
   "no guidance", not a uniform guess; the same holds for a frame with no kept patch;
-- the gate starts small (``gate_init``), so the module starts near identity while every weight
-  still receives gradient from the first step (a zero gate would starve the projections).
+- ``value`` and ``out`` start as identities, so at start the summary is the attention-weighted
+  mean of the (normalised) patch tokens, which live in the same projected space as CLS: a
+  pretrained backbone's features are mixed with its own patch features, not with noise.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -24,15 +29,15 @@ import torch.nn as nn
 
 
 class TextGuidedAttention(nn.Module):
-    """Text query over patch tokens, gated into the CLS feature.
+    """Text query over patch tokens, mixed into the CLS feature.
 
     Args:
         dim: feature size of the tokens and of the (projected) text embedding.
-        gate_init: initial value of the per-channel gate on the attended summary.
+        mix_init: initial share alpha of the attended summary in the frame feature, in (0, 1).
         ln_eps: LayerNorm epsilon of the query / key normalisation.
     """
 
-    def __init__(self, dim: int, gate_init: float = 0.1, ln_eps: float = 1e-5):
+    def __init__(self, dim: int, mix_init: float = 0.5, ln_eps: float = 1e-5):
         super().__init__()
         self.dim = dim
         self.norm_text = nn.LayerNorm(dim, eps=ln_eps)
@@ -41,8 +46,19 @@ class TextGuidedAttention(nn.Module):
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
-        self.gate = nn.Parameter(torch.full((dim,), float(gate_init)))
+        if not 0.0 < mix_init < 1.0:
+            raise ValueError(f"mix_init must be in (0, 1), got {mix_init}")
+        self.mix_logit = nn.Parameter(torch.tensor(math.log(mix_init / (1.0 - mix_init))))
+        with torch.no_grad():
+            for linear in (self.value, self.out):
+                linear.weight.copy_(torch.eye(dim))
+                linear.bias.zero_()
         self.scale = dim**-0.5
+
+    @property
+    def mix(self) -> torch.Tensor:
+        """alpha: the share of the attended summary in a guided frame feature."""
+        return torch.sigmoid(self.mix_logit)
 
     def forward(
         self,
@@ -91,11 +107,14 @@ class TextGuidedAttention(nn.Module):
         valid = has_patch & text_mask.view(B, 1, 1)
         attn = attn * valid.to(attn.dtype)
 
-        summary = torch.einsum("btp,btpd->btd", attn, v)
-        update = self.gate * self.out(summary)
-        # Where there is no guidance the update is exactly zero: CLS passes through unchanged.
-        update = update * valid.to(update.dtype)
-        return cls + update, attn
+        summary = self.out(torch.einsum("btp,btpd->btd", attn, v))
+        # Rescaled to the CLS norm, so that alpha is the summary's share of the feature whatever
+        # the two scales are.
+        cls_norm = cls.norm(dim=-1, keepdim=True)
+        summary = summary * (cls_norm / summary.norm(dim=-1, keepdim=True).clamp(min=1e-6))
+        mixed = cls + self.mix.to(cls.dtype) * (summary - cls)
+        # Where there is no guidance CLS passes through exactly unchanged.
+        return torch.where(valid, mixed, cls), attn
 
 
 def attention_grid(attn: torch.Tensor) -> torch.Tensor:

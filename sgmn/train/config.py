@@ -41,7 +41,11 @@ class TrainConfig:
     eps: float = 1e-6
     weight_decay: float = 0.2  # never on biases, norm gains, embeddings or other 1-d params
     warmup_ratio: float = 0.1
-    grad_clip: Optional[float] = 1.0  # max global grad norm; None or 0 = off
+    grad_clip: Optional[float] = 1.0  # max grad norm; None or 0 = off
+    # "module": each top-level module (backbone, fc_asr, tga, graph, cross, ...) is clipped to
+    # grad_clip on its own, so the large x100 text InfoNCE gradient of fc_asr / fc_title cannot
+    # scale every other module's update down to nothing; "global": one norm over all (the paper).
+    grad_clip_mode: Literal["module", "global"] = "module"
 
     # Numerics and devices
     precision: Precision = "fp32"  # bf16 / fp16 autocast (fp16 with GradScaler, CUDA only)
@@ -86,6 +90,8 @@ class TrainConfig:
         need(self.precision in ("fp32", "bf16", "fp16"), "precision", f"must be fp32, bf16 or fp16, got {self.precision!r}")
         need(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
         need(self.on_error in ("raise", "skip"), "on_error", f"must be raise or skip, got {self.on_error!r}")
+        need(self.grad_clip_mode in ("module", "global"), "grad_clip_mode",
+             f"must be module or global, got {self.grad_clip_mode!r}")
         need(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
         need(self.val_every >= 1, "val_every", f"must be >= 1, got {self.val_every}")
 

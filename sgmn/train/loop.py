@@ -49,7 +49,7 @@ from tqdm import tqdm
 from sgmn.errors import DataError, SGMNError
 from sgmn.train import distributed as dist_utils
 from sgmn.train.config import TrainConfig
-from sgmn.train.optim import build_optimizer, build_scheduler
+from sgmn.train.optim import build_optimizer, build_scheduler, clip_gradients, clip_groups
 
 TRAIN_STATE = "train_state.pt"
 # Fields that shape the data order and the lr schedule: changing them on resume breaks exactness.
@@ -216,6 +216,8 @@ class Trainer:
 
         self.model = model.to(self.device)
         self.optimizer = build_optimizer(self.model, config)
+        self.clip_groups = clip_groups(self.model, config.grad_clip_mode)
+        self.last_grad_norms: dict[str, torch.Tensor] = {}  # per clipping group, before clipping
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, config.warmup_ratio)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
         self.ddp = None
@@ -401,6 +403,7 @@ class Trainer:
                             "lr": max(lrs),  # new modules; the backbone's is in lr_groups
                             "lr_groups": dict(zip(self._group_names(), lrs)),
                             "grad_norm": grad_norm,
+                            "grad_norms": {k: float(v) for k, v in self.last_grad_norms.items()},
                             "clips_per_s": window_clips / elapsed if elapsed > 0 else None,
                         }
                     )
@@ -463,7 +466,8 @@ class Trainer:
         grad_norm = None
         if cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+            total, self.last_grad_norms = clip_gradients(self.clip_groups, cfg.grad_clip)
+            grad_norm = float(total)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -642,6 +646,7 @@ def train(
             train=True,
             seed=cfg.seed,
             on_error=cfg.on_error,
+            use_boxes=bool(getattr(mcfg, "detector_boxes", False)),
         )
 
         validate = None

@@ -1,6 +1,7 @@
 """Optimiser and learning-rate schedule of the paper's recipe.
 
-Parameter groups: {backbone, new modules} x {decay, no decay}.
+Parameter groups: {backbone, new modules} x {decay, no decay}. Gradient clipping has its own
+groups (:func:`clip_groups`): one per top-level module by default.
 - Backbone = parameters whose name starts with ``backbone.`` (the CLIP tower); they train at
   ``lr * backbone_lr_factor`` (3e-4 x 1e-3 in the paper) so CLIP's features are only nudged.
 - No decay = biases, norm gains, embeddings (positional / type / class) and any other 0-d or
@@ -96,3 +97,35 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_r
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
     warmup = warmup_steps_for(total_steps, warmup_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, warmup))
+
+
+def clip_groups(model: nn.Module, mode: str = "module") -> dict[str, list[nn.Parameter]]:
+    """Trainable parameters by gradient-clipping group: one per top-level module (``backbone``,
+    ``fc_asr``, ``tga``, ``graph``, ...) for ``mode="module"``, a single ``"all"`` otherwise."""
+    groups: dict[str, list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            key = _strip_wrappers(name).split(".")[0] if mode == "module" else "all"
+            groups.setdefault(key, []).append(param)
+    return groups
+
+
+@torch.no_grad()
+def clip_gradients(groups: dict[str, list[nn.Parameter]], max_norm: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clip each group's gradient to ``max_norm`` on its own (no host sync).
+
+    Returns the total pre-clip norm over all groups and each group's pre-clip norm (tensors).
+    One shared norm lets the module with the largest gradient (in SGMN the text heads under the
+    x100 InfoNCE) set the step of every other module; per-group norms keep each module's own scale.
+    """
+    norms: dict[str, torch.Tensor] = {}
+    for key, params in groups.items():
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            continue
+        norms[key] = torch.nn.utils.get_total_norm(grads)
+        torch.nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None], max_norm, norms[key])
+    if not norms:
+        return torch.zeros(()), norms
+    total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms.values()]))
+    return total, norms
