@@ -137,14 +137,17 @@ def batch_records(model, batch: dict, *, rankings: dict, ground_truth: dict, enc
     frames, frame_mask = batch["frames"].to(device), batch["frame_mask"].to(device)
     asr = batch["asr_vec"].to(device) if "asr_vec" in batch else None
     asr_mask = batch["asr_mask"].to(device) if "asr_mask" in batch else None
-    emb = model.encode_clips(frames, frame_mask=frame_mask, asr=asr, asr_mask=asr_mask,
+    # A detector-assisted model masks the patches outside a query's box, as evaluation does.
+    detector = bool(getattr(model.config, "detector_boxes", False)) and "patch_mask" in batch
+    patch_mask = batch["patch_mask"].to(device) if detector else None
+    emb = model.encode_clips(frames, frame_mask=frame_mask, patch_mask=patch_mask, asr=asr, asr_mask=asr_mask,
                              return_attention=tga, keep_tokens=cross)
     ids = list(batch["clip_ids"])
     records: dict[str, dict] = {q: {} for q in ids}
     if tga:
         has_asr = emb.text_mask.bool().cpu()
         # The same frames with the ASR masked out: only the text differs.
-        plain = model.encode_clips(frames, frame_mask=frame_mask, asr=None)
+        plain = model.encode_clips(frames, frame_mask=frame_mask, patch_mask=patch_mask, asr=None)
         cos = embedding_cosines(emb.embedding.cpu(), plain.embedding.cpu())
         vcfg = model.config.vision
         att = emb.attention.flatten(-2).float().cpu() if emb.attention is not None else None  # (B,T,P)
@@ -160,8 +163,9 @@ def batch_records(model, batch: dict, *, rankings: dict, ground_truth: dict, enc
             if frames_with_box.numel() == 0:
                 continue
             in_box = in_box_patches(boxes[i, frames_with_box], vcfg.image_size, vcfg.patch_size)
-            # Evaluation keeps every patch of a query (a real query has no box).
-            ratios, informative = pointing_ratios(att[i, frames_with_box], in_box)
+            # Uniform over the patches the query kept: all of them unless the model is detector-assisted.
+            kept = patch_mask[i, frames_with_box, 1:].cpu() if patch_mask is not None else None
+            ratios, informative = pointing_ratios(att[i, frames_with_box], in_box, kept)
             records[q]["ratios"] = [float(r) for r in ratios[informative]]
             records[q]["uninformative"] = int((~informative).sum())
     if cross:
