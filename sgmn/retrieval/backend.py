@@ -71,6 +71,11 @@ class RetrievalBackend(Protocol):
     def close(self) -> None: ...
 
 
+def is_local_store(uri: Union[str, Path]) -> bool:
+    """Whether ``uri`` names a store folder on this machine (not a Milvus server URI)."""
+    return not str(uri).startswith(("http://", "https://", "tcp://"))
+
+
 def open_store(uri: Union[str, Path], create: bool = True, read_only: bool = False) -> RetrievalBackend:
     """The backend a ``--store`` value names (see the module docstring)."""
     text = str(uri)
