@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -45,6 +46,8 @@ import numpy as np
 
 from sgmn.errors import DataError
 from sgmn.retrieval.errors import AlreadyExists, NotFound, ReadOnlyStore, StoreBusy, StoreCorrupt, validate_id
+
+_log = logging.getLogger("sgmn.retrieval")
 
 SCHEMA_VERSION = 1
 DB_NAME = "store.sqlite"
@@ -274,13 +277,20 @@ class GalleryStore:
         wait_s = WRITE_WAIT_S if wait_s is None else wait_s
         with self._writer:
             if self._write_depth == 0:
-                deadline = time.monotonic() + wait_s
+                start = time.monotonic()
+                said = False
                 while True:
                     try:
                         fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
                         break
                     except BlockingIOError:
-                        if time.monotonic() >= deadline:
+                        if not said and time.monotonic() - start > 1.0:
+                            said = True  # say why a write is slow, once
+                            _log.warning(
+                                "store %s is being written by another process; waiting up to %.0f s "
+                                "(a running server takes changes at POST /rooms/{room}/products)", self.root, wait_s
+                            )
+                        if time.monotonic() - start >= wait_s:
                             raise StoreBusy(
                                 f"store {self.root} is being written by another process (a running "
                                 f"`sgmn serve` or `sgmn index`) and stayed busy for {wait_s:.0f} s; retry, or "
