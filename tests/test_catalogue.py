@@ -189,3 +189,11 @@ def _as_milvus(path):
     from sgmn.retrieval.milvus import MilvusStore
 
     return MilvusStore(path)
+
+
+def test_both_stores_implement_the_backend_interface(tmp_path):
+    from sgmn.retrieval import RetrievalBackend
+
+    for uri in (tmp_path / "folder", tmp_path / "lite.db"):
+        with open_store(uri) as store:
+            assert isinstance(store, RetrievalBackend)

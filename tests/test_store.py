@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sgmn.errors import DataError
 from sgmn.retrieval import AlreadyExists, GalleryStore, InvalidId, NotFound, StoreCorrupt, validate_id
 from sgmn.retrieval import store as store_module
 from sgmn.retrieval.backend import open_store

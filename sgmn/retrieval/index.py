@@ -177,10 +177,13 @@ class VectorIndex:
         kk = min(k + 1, n)
         _, exact = exact_search(queries, vectors, kk)
 
+        position = None
+        if row_ids is not None and not np.array_equal(row_ids, np.arange(n)):
+            position = {int(i): r for r, i in enumerate(row_ids)}  # ids back to row numbers
+
         def recall() -> float:
             _, found = self.index.search(queries, kk)
-            if row_ids is not None:  # ids back to row numbers
-                position = {int(i): r for r, i in enumerate(row_ids)}
+            if position is not None:
                 found = np.vectorize(lambda i: position.get(int(i), -1), otypes=[np.int64])(found)
             hits = total = 0
             for row, want, got in zip(probe_rows, exact, found):
