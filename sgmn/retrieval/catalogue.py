@@ -212,8 +212,8 @@ class FaissCatalogue(Catalogue):
         index_path, state_path = self._paths()
         if not index_path.parent.is_dir():
             return
-        for old in index_path.parent.glob("catalogue-*"):
-            old.unlink(missing_ok=True)
+        for old in [*index_path.parent.glob("catalogue-*"), *index_path.parent.glob("global-*.faiss")]:
+            old.unlink(missing_ok=True)  # other settings' builds, and indexes of sgmn before the catalogue
         state = {
             "generations": self._generations,
             "products": self._products,
