@@ -197,3 +197,24 @@ def test_both_stores_implement_the_backend_interface(tmp_path):
     for uri in (tmp_path / "folder", tmp_path / "lite.db"):
         with open_store(uri) as store:
             assert isinstance(store, RetrievalBackend)
+
+
+def test_milvus_delete_failing_after_commit_is_not_an_error_and_is_cleaned_at_reopen(tmp_path, monkeypatch):
+    uri = f"{tmp_path / 's.db'}?index=FLAT"
+    with open_store(uri) as store:
+        _fill(store, rooms=1, per_room=4)
+        client = store.client()
+
+        def refuse(*args, **kwargs):
+            raise RuntimeError("server went away")
+
+        monkeypatch.setattr(client, "delete", refuse)
+        store.remove_product("room0", "p0-1")  # committed: no error for the client
+        monkeypatch.undo()
+        assert not store.has_product("room0", "p0-1")
+        found = _search(store, None, np.ones((1, 2 * D), np.float32), 10)
+        assert ("room0", "p0-1") not in {(r, p) for _, r, p in found} and len(found) == 3
+    with open_store(uri) as store:
+        assert store.check_report.orphans_removed == 2  # p0-1 had 1 + 1 % 3 = 2 image rows
+        rows = store.client().query(store.collection, filter="id >= 0", output_fields=["id"], limit=100)
+        assert {int(r["id"]) for r in rows} == {i for r in store.list_products("room0") for i in store.ids_of(r)}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import threading
 import uuid
 from pathlib import Path
@@ -40,6 +41,8 @@ LITE_NAME = "milvus.db"  # Milvus Lite's data folder inside the store folder
 INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT")
 MAX_LIMIT = 16_384  # Milvus's largest search / query limit
 _GET_CHUNK = 1_000
+
+_log = logging.getLogger("sgmn.retrieval")
 
 _lite_users: dict[str, int] = {}  # Milvus Lite data folder -> open MilvusStores in this process
 _lite_lock = threading.Lock()
@@ -243,8 +246,15 @@ class MilvusStore(GalleryStore):
 
     def _after_commit(self, room: str, removed: list[ProductRecord]) -> None:
         ids = [i for rec in removed for i in self.ids_of(rec)]
-        if ids:
-            self.client().delete(self.collection, ids=ids)
+        try:
+            if ids:
+                self.client().delete(self.collection, ids=ids)
+        except Exception as err:  # the change is committed: never an error for it
+            # the rows stay logged as pending, so the check at the next open deletes them; until
+            # then searches skip them (they are not in any committed product's id range)
+            _log.warning("could not delete %d Milvus row(s) after commit (%s); the next open removes them", len(ids), err)
+            self._pending_keys = []
+            return
         self._clear_pending()
 
     def _clear_pending(self) -> None:
