@@ -176,3 +176,14 @@ def test_two_workers_read_in_parallel_serialise_writes_and_lose_no_acknowledged_
     with Retriever.open(store) as r:
         assert {p.product_id for p in r.list_products("live")} == acknowledged | before
         assert r.store.check_report.orphans_removed == 0
+
+
+def test_several_workers_on_a_milvus_lite_store_are_refused_in_one_line(tmp_path, checkpoint, monkeypatch):
+    import uvicorn
+
+    from sgmn.cli import app
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("must not start"))
+    res = CliRunner().invoke(app, ["serve", "--checkpoint", str(checkpoint), "--store", str(tmp_path / "s.db"),
+                                   "--workers", "2"])
+    assert res.exit_code == 2 and "Milvus Lite store (.db) admits one process" in res.output
