@@ -15,11 +15,13 @@ def _img(seed, size=(40, 30)):
     return np.clip(rng.integers(0, 255, 3) + rng.integers(-50, 50, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
 
 
-@pytest.fixture(scope="module")
-def retriever(tmp_path_factory):
+@pytest.fixture(scope="module", params=["faiss", "milvus"])
+def retriever(request, tmp_path_factory):
+    """The same room on each retrieval backend (a store folder, and Milvus Lite)."""
     torch.manual_seed(0)
     model = sgmn.create_model("sgmn-tiny").eval()
-    r = Retriever.open(tmp_path_factory.mktemp("live") / "store", model=model)
+    name = "store.db" if request.param == "milvus" else "store"
+    r = Retriever.open(tmp_path_factory.mktemp("live") / name, model=model)
     titles = ["red silk dress", "blue denim jeans", "white sneakers", "gold necklace"]
     r.add_products("room", [(f"p{i}", [Image.fromarray(_img(i))], t) for i, t in enumerate(titles)], create_room=True)
     yield r

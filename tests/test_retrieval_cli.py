@@ -51,9 +51,9 @@ def _video(path, n=5):
     return write_mp4(path, [_img(50 + i, (48, 32)) for i in range(n)], rate=5, codec="libx264")
 
 
-def test_index_then_query_table_and_json(tmp_path, checkpoint, shop):
+def test_index_then_query_table_and_json(tmp_path, store_at, checkpoint, shop):
     shop_dir, titles = shop
-    store = tmp_path / "store"
+    store = store_at("store")  # each backend: a store folder, and Milvus Lite
     runner = CliRunner()
     args = ["index", "--checkpoint", str(checkpoint), "--store", str(store), "--room", "live-1",
             "--shop", str(shop_dir), "--titles", str(titles)]
@@ -151,3 +151,67 @@ def test_query_a_frame_folder_in_time_order_with_its_asr_file(tmp_path, checkpoi
     scores = [h.score for h in direct.hits]
     assert [h["score"] for h in out["hits"]] == pytest.approx(scores, abs=1e-5)
     assert [h.score for h in by_folder.hits] == pytest.approx(scores, abs=1e-5)
+
+
+def test_query_beside_a_writer_and_on_a_corrupt_store_and_busy_writes(tmp_path, checkpoint, shop, monkeypatch):
+    """Issues 11.4 and 12.6: `sgmn query` opens the store read-only (no lock, no file created)
+    and answers while another process holds the write lock; a write that must wait says so and
+    names the HTTP endpoint; a corrupt database is one line, no traceback."""
+    from sgmn.retrieval import store as store_module
+    from sgmn.retrieval.store import GalleryStore
+
+    shop_dir, titles = shop
+    store = tmp_path / "store"
+    runner = CliRunner()
+    index = ["index", "--checkpoint", str(checkpoint), "--store", str(store), "--room", "r", "--shop", str(shop_dir)]
+    assert runner.invoke(app, index).exit_code == 0
+    clip = _video(tmp_path / "c.mp4")
+    (store / ".lock").unlink()
+    before = sorted(p.name for p in store.iterdir() if not p.name.startswith("store.sqlite-"))
+    monkeypatch.setattr(store_module, "WRITE_WAIT_S", 0.5)
+    with GalleryStore(store) as writer, writer.write_lock():  # another process writing right now
+        res = runner.invoke(app, ["query", "--store", str(store), "--room", "r", "--clip", str(clip)])
+        assert res.exit_code == 0, res.output
+        assert sorted(p.name for p in store.iterdir() if not p.name.startswith("store.sqlite-")) == sorted(before + [".lock"])
+        res = runner.invoke(app, index)
+        assert res.exit_code == 1 and "POST /rooms/{room}/products" in res.output and "Traceback" not in res.output
+    (store / "store.sqlite").write_bytes(b"\x00garbage" * 1000)
+    for name in ("store.sqlite-wal", "store.sqlite-shm"):
+        (store / name).unlink(missing_ok=True)
+    res = runner.invoke(app, ["query", "--store", str(store), "--room", "r", "--clip", str(clip)])
+    assert res.exit_code == 1 and "not a readable SQLite store database" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and isinstance(res.exception, SystemExit)
+
+
+_HOLD_LITE = """
+import sys, time
+from sgmn.retrieval.backend import open_store
+store = open_store(sys.argv[1])
+store.client()
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+def test_query_on_a_milvus_lite_store_held_by_a_server_names_the_http_endpoint(tmp_path, checkpoint, shop):
+    """Milvus Lite admits one process: beside a server holding the .db, `sgmn query` says to ask
+    the server over HTTP (or use a Milvus server) in one line."""
+    import subprocess
+    import sys
+
+    shop_dir, titles = shop
+    store = tmp_path / "store.db"
+    runner = CliRunner()
+    res = runner.invoke(app, ["index", "--checkpoint", str(checkpoint), "--store", str(store), "--room", "r",
+                              "--shop", str(shop_dir)])
+    assert res.exit_code == 0, res.output
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LITE, str(store)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        res = runner.invoke(app, ["query", "--store", str(store), "--room", "r", "--clip", str(_video(tmp_path / "c.mp4"))])
+        assert res.exit_code == 1, res.output
+        assert "open in another process" in res.output and "POST /rooms/{room}/query" in res.output
+        assert "http://host:19530" in res.output and len(res.output.strip().splitlines()) == 1
+    finally:
+        holder.kill()
+        holder.wait()

@@ -53,11 +53,12 @@ def model():
     return sgmn.create_model("sgmn-tiny")
 
 
-@pytest.fixture(scope="module")
-def served(model, tmp_path_factory):
-    """A store with room 'shop' (three coloured products) behind a TestClient."""
+@pytest.fixture(scope="module", params=["faiss", "milvus"])
+def served(request, model, tmp_path_factory):
+    """A store with room 'shop' (three coloured products) behind a TestClient, on each retrieval
+    backend (a store folder, and Milvus Lite)."""
     root = tmp_path_factory.mktemp("serve")
-    retriever = Retriever.open(root / "store", model=model)
+    retriever = Retriever.open(root / ("store.db" if request.param == "milvus" else "store"), model=model)
     retriever.create_room("shop")
     retriever.add_products(
         "shop",
@@ -79,7 +80,7 @@ def clip_file(tmp_path_factory):
 
 
 def files_outside_store(root):
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if "store" not in p.relative_to(root).parts)
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.relative_to(root).parts[0].startswith("store"))
 
 
 # ---- service, rooms ---------------------------------------------------------------------
@@ -166,8 +167,8 @@ def test_add_product_stores_every_image_and_serves_them_back(served):
     # file carries the client's name
     assert files_outside_store(root) == before
     record = retriever.get_product("gallery", "hat-1")
-    assert all(p.resolve().is_relative_to((root / "store").resolve()) for p in record.image_paths)
-    assert not any("evil" in p.name for p in (root / "store").rglob("*"))
+    assert all(p.resolve().is_relative_to(retriever.store.root.resolve()) for p in record.image_paths)
+    assert not any("evil" in p.name for p in retriever.store.root.rglob("*"))
 
     assert client.post(
         "/rooms/gallery/products", data={"product_id": "hat-1"}, files={"images": ("x.png", png_bytes((1, 2, 3)), "image/png")}

@@ -8,10 +8,12 @@ torch and FAISS until they need them.
 import importlib
 
 _EXPORTS = {
-    "sgmn.retrieval.errors": ["AlreadyExists", "InvalidId", "ModelMismatch", "NoModel", "NotFound", "StoreCorrupt",
-                              "validate_id"],
+    "sgmn.retrieval.backend": ["RetrievalBackend", "open_store"],
+    "sgmn.retrieval.errors": ["AlreadyExists", "InvalidId", "ModelMismatch", "NoModel", "NotFound", "ReadOnlyStore",
+                              "StoreBusy", "StoreCorrupt", "validate_id"],
     "sgmn.retrieval.index": ["IndexConfig", "VectorIndex"],
     "sgmn.retrieval.live": ["LiveSession", "LiveUpdate"],
+    "sgmn.retrieval.milvus": ["MilvusStore"],
     "sgmn.retrieval.retriever": ["KEEP", "AddReport", "Hit", "QueryResult", "Retriever", "RetrieverConfig",
                                  "model_fingerprint"],
     "sgmn.retrieval.store": ["GalleryStore", "ProductRecord"],

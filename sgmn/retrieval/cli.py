@@ -16,10 +16,10 @@ def _fail(err: BaseException) -> None:
     raise typer.Exit(code=1)
 
 
-def _open(store: Path, checkpoint: Optional[Path], device: Optional[str]):
+def _open(store: str, checkpoint: Optional[Path], device: Optional[str], read_only: bool = False):
     from sgmn.retrieval import Retriever
 
-    retriever = Retriever.open(store, model=checkpoint)
+    retriever = Retriever.open(store, model=checkpoint, create=not read_only, read_only=read_only)
     if device:
         retriever.model.to(device)
     return retriever
@@ -31,7 +31,11 @@ def register(app: typer.Typer) -> None:
         checkpoint: Optional[Path] = typer.Option(
             None, "--checkpoint", help="Run folder, saved model folder or published .bin (default: the store's own)"
         ),
-        store: Path = typer.Option(..., "--store", help="Store folder (created if missing)."),
+        store: str = typer.Option(
+            ..., "--store",
+            help="Store: a folder (FAISS, created if missing), a .db path (Milvus Lite) or "
+            "http://host:19530?root=FOLDER (a Milvus server).",
+        ),
         room: str = typer.Option(..., "--room", help="Room id ([A-Za-z0-9._-]); created if missing."),
         shop: Path = typer.Option(..., "--shop", help="Shop folder: <id>.jpg or <id>/*.jpg per product."),
         titles: Optional[Path] = typer.Option(None, "--titles", help="Titles file (id<TAB>title or JSON)."),
@@ -83,7 +87,9 @@ def register(app: typer.Typer) -> None:
         checkpoint: Optional[Path] = typer.Option(
             None, "--checkpoint", help="Run folder, saved model folder or published .bin (default: the store's own)"
         ),
-        store: Path = typer.Option(..., "--store", help="Store folder made by `sgmn index`."),
+        store: str = typer.Option(
+            ..., "--store", help="Store made by `sgmn index` (opened read-only: works beside `sgmn serve`)."
+        ),
         room: str = typer.Option(..., "--room", help="Room to search."),
         clip: Path = typer.Option(..., "--clip", help="A video file or a folder of frames."),
         asr: Optional[str] = typer.Option(
@@ -97,12 +103,14 @@ def register(app: typer.Typer) -> None:
         from sgmn.data.readers.folders import read_clip
         from sgmn.errors import SGMNError
 
-        if not store.is_dir():
+        from sgmn.retrieval.backend import is_local_store
+
+        if is_local_store(store) and not Path(store).is_dir():
             _fail(FileNotFoundError(f"store {store} does not exist (run `sgmn index` first)"))
         try:
             record = read_clip(clip, asr)
             source = record.video_path if record.video_path is not None else record.frame_paths
-            with _open(store, checkpoint, device) as retriever:
+            with _open(store, checkpoint, device, read_only=True) as retriever:
                 result = retriever.query(room, source, asr=record.asr, top_k=top_k)
         except (SGMNError, KeyError, ValueError) as err:
             _fail(err)

@@ -57,3 +57,11 @@ def validate_id(value: object, kind: str = "id") -> str:
             key=value,
         )
     return value
+
+
+class ReadOnlyStore(SGMNError):
+    """A write to a store that was opened read-only (or that the process may not write)."""
+
+
+class StoreBusy(SGMNError):
+    """A write waited too long for another process's write to the same store to finish."""

@@ -102,7 +102,11 @@ class VectorIndex:
         self.recall: Optional[float] = None  # calibration recall@10, when calibrated at build
 
     @classmethod
-    def build(cls, vectors: np.ndarray, config: Optional[IndexConfig] = None) -> "VectorIndex":
+    def build(
+        cls, vectors: np.ndarray, config: Optional[IndexConfig] = None, ids: Optional[np.ndarray] = None
+    ) -> "VectorIndex":
+        """Build (and calibrate) an index. With ``ids`` (int64, one per row) search returns those
+        ids instead of row numbers, and :meth:`add` / :meth:`remove` update it in place."""
         config = config or IndexConfig()
         vectors = np.ascontiguousarray(vectors, np.float32)
         if vectors.ndim != 2 or vectors.shape[0] == 0:
@@ -119,17 +123,46 @@ class VectorIndex:
         else:
             index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = config.hnsw_ef_construction
-        index.add(vectors)
+        if ids is not None and kind != "ivf":
+            # IVF lists store ids themselves (and remove them); flat and HNSW need an id map
+            index = faiss.IndexIDMap2(index)
         built = cls(index, kind, config)
+        if ids is None:
+            index.add(vectors)
+        else:
+            built.add(vectors, ids)
         if kind == "ivf":
             index.nprobe = min(config.ivf_nprobe, index.nlist)
         elif kind == "hnsw":
-            index.hnsw.efSearch = config.hnsw_ef_search
+            built._inner.hnsw.efSearch = config.hnsw_ef_search
         if kind != "flat" and config.target_recall is not None:
-            built.recall = built.calibrate(vectors, config.target_recall)
+            built.recall = built.calibrate(vectors, config.target_recall, row_ids=ids)
         return built
 
-    def calibrate(self, vectors: np.ndarray, target: float, k: int = 10) -> float:
+    @property
+    def _inner(self) -> faiss.Index:
+        """The index under an id map (or the index itself)."""
+        if isinstance(self.index, faiss.IndexIDMap2):
+            return faiss.downcast_index(self.index.index)
+        return self.index
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Add rows with their int64 ids (no rebuild; an IVF keeps its trained centroids)."""
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        self.index.add_with_ids(vectors, np.ascontiguousarray(ids, np.int64))
+
+    @property
+    def can_remove(self) -> bool:
+        """HNSW graphs cannot drop nodes: callers keep a delete map and rebuild now and then."""
+        return self.kind != "hnsw"
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove rows by id (flat and IVF only); returns how many were removed."""
+        if not self.can_remove:
+            raise ValueError("an HNSW index cannot remove vectors (keep a delete map and rebuild)")
+        return int(self.index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, np.int64))))
+
+    def calibrate(self, vectors: np.ndarray, target: float, k: int = 10, row_ids: Optional[np.ndarray] = None) -> float:
         """Double nprobe (IVF) or efSearch (HNSW) until recall@k on probe queries reaches
         ``target`` or the configured maximum; returns the recall reached.
 
@@ -144,8 +177,14 @@ class VectorIndex:
         kk = min(k + 1, n)
         _, exact = exact_search(queries, vectors, kk)
 
+        position = None
+        if row_ids is not None and not np.array_equal(row_ids, np.arange(n)):
+            position = {int(i): r for r, i in enumerate(row_ids)}  # ids back to row numbers
+
         def recall() -> float:
             _, found = self.index.search(queries, kk)
+            if position is not None:
+                found = np.vectorize(lambda i: position.get(int(i), -1), otypes=[np.int64])(found)
             hits = total = 0
             for row, want, got in zip(probe_rows, exact, found):
                 want = set(want.tolist()) - {int(row)}
@@ -161,9 +200,10 @@ class VectorIndex:
                     break
                 self.index.nprobe = min(2 * self.index.nprobe, self.index.nlist, self.config.max_ivf_nprobe)
             else:
-                if self.index.hnsw.efSearch >= self.config.max_hnsw_ef_search:
+                hnsw = self._inner.hnsw
+                if hnsw.efSearch >= self.config.max_hnsw_ef_search:
                     break
-                self.index.hnsw.efSearch = min(2 * self.index.hnsw.efSearch, self.config.max_hnsw_ef_search)
+                hnsw.efSearch = min(2 * hnsw.efSearch, self.config.max_hnsw_ef_search)
             reached = recall()
         return reached
 
@@ -173,7 +213,7 @@ class VectorIndex:
         if self.kind == "ivf":
             return {"nlist": self.index.nlist, "nprobe": self.index.nprobe}
         if self.kind == "hnsw":
-            return {"M": self.config.hnsw_m, "efSearch": self.index.hnsw.efSearch}
+            return {"M": self.config.hnsw_m, "efSearch": self._inner.hnsw.efSearch}
         return {}
 
     @property
@@ -184,8 +224,8 @@ class VectorIndex:
         """(scores, rows), each (B, k); rows are -1 where the index found fewer than k."""
         queries = np.ascontiguousarray(queries, np.float32)
         k = max(1, min(k, self.size))
-        if self.kind == "hnsw" and self.index.hnsw.efSearch < k:
-            self.index.hnsw.efSearch = k  # HNSW cannot return more than efSearch results
+        if self.kind == "hnsw" and self._inner.hnsw.efSearch < k:
+            self._inner.hnsw.efSearch = k  # HNSW cannot return more than efSearch results
         return self.index.search(queries, k)
 
     def save(self, path: Union[str, Path]) -> None:

@@ -12,15 +12,18 @@ several images scores as its best image (``RetrieverConfig.main_image_only`` use
 image only, the published SGMN evaluation). The vectors remember the model fingerprint (a hash
 of config + weights); another model is refused until :meth:`Retriever.reindex` recomputes them.
 
-Thread safety: one instance may be shared by a server's threads. Store reads and writes are
-serialised by the store's lock, model calls by a model lock; image decoding and encoding happen
-outside the store lock, so queries keep running while products are being encoded.
+Thread and process safety: one instance may be shared by a server's threads, and several
+processes may open one store (``uvicorn --workers``). Writes hold the store's write lock (one
+writer at a time across processes, readers never wait); model calls a model lock; image
+decoding happens outside both, so queries keep running while products are being added.
+``Retriever.open(..., read_only=True)`` never writes (``sgmn query`` opens stores this way).
+
+The store is a backend chosen by its URI (see ``sgmn.retrieval.backend``): a folder is the
+embedded FAISS/SQLite store; a ``.db`` path or ``http://host:19530`` keeps vectors in Milvus.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,22 +36,8 @@ from sgmn.data.records import Product
 from sgmn.errors import DataError, MediaError
 from sgmn.model.checkpoint import model_fingerprint
 from sgmn.retrieval.errors import AlreadyExists, ModelMismatch, NoModel, NotFound, validate_id
-from sgmn.retrieval.index import (
-    IndexConfig,
-    VectorIndex,
-    best_per_product,
-    gallery_matrix,
-    query_matrix,
-)
-from sgmn.retrieval.store import (
-    EncodedImage,
-    GalleryStore,
-    NewProduct,
-    ProductRecord,
-    ProductVectors,
-    RoomVectors,
-    encode_copy,
-)
+from sgmn.retrieval.index import IndexConfig, best_per_product, gallery_matrix, query_matrix
+from sgmn.retrieval.store import EncodedImage, GalleryStore, NewProduct, ProductRecord, ProductVectors, RoomVectors, encode_copy
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
@@ -209,11 +198,10 @@ class Retriever:
         self.store = store
         self.config = config or RetrieverConfig()
         self._model_lock = threading.RLock()
-        self._global_lock = threading.Lock()
-        # "already exists?" and the write must be one step, or two threads adding the same id
-        # would both pass the check and the second would silently replace the first
-        self._write_lock = threading.Lock()
-        self._global: Optional[tuple] = None  # (key, VectorIndex, row -> (RoomVectors, product index))
+        # "already exists?" and the write must be one step, or two threads (or two processes)
+        # adding the same id would both pass the check and the second would silently replace
+        # the first: the store's write lock, held across both, serialises threads and processes
+        self._write_lock = store.write_lock
         self._fp_checked: Optional[tuple[int, str]] = None
         self._model = None
         self._fingerprint: Optional[str] = None
@@ -229,10 +217,15 @@ class Retriever:
         model=None,
         config: Optional[RetrieverConfig] = None,
         create: bool = True,
+        read_only: bool = False,
     ) -> "Retriever":
-        """Open (or create) a store. ``model``: a model, a checkpoint path (run folder, saved
-        folder or published .bin; remembered in the store), or None (use the remembered one)."""
-        store = GalleryStore(store_dir, create=create)
+        """Open (or create) a store. ``store_dir``: a folder, or a Milvus URI (see
+        :func:`sgmn.retrieval.backend.open_store`). ``model``: a model, a checkpoint path (run
+        folder, saved folder or published .bin; remembered in the store), or None (use the
+        remembered one). ``read_only``: queries only; nothing on disk is created or changed."""
+        from sgmn.retrieval.backend import open_store
+
+        store = open_store(store_dir, create=create, read_only=read_only)
         try:
             return cls(store, model=model, config=config)
         except BaseException:
@@ -273,6 +266,8 @@ class Retriever:
 
     def _remember_checkpoint(self) -> None:
         pending, self._pending_checkpoint = self._pending_checkpoint, None
+        if self.store.read_only:  # a read-only opener (`sgmn query`) never writes
+            return
         if pending is not None and self.store.get_meta("checkpoint") != pending:
             self.store.set_meta("checkpoint", pending)
 
@@ -345,7 +340,7 @@ class Retriever:
         return self.store.get_product(room, product_id)
 
     def remove_product(self, room: str, product_id: str) -> None:
-        with self._write_lock:
+        with self._write_lock():
             self.store.remove_product(room, product_id)
 
     def add_products(
@@ -373,7 +368,7 @@ class Retriever:
         # every image is decoded before anything is written: a failure under "raise" leaves
         # the store (and the room list) as it was
         prepared = self._prepare(items, on_error, report)
-        with self._write_lock:
+        with self._write_lock():
             existing = [p.product_id for p in prepared if self.store.has_product(room, p.product_id)]
             if existing and not replace:
                 raise AlreadyExists(f"products already in room {room!r}: {existing} (use replace=True or update_product)")
@@ -390,7 +385,7 @@ class Retriever:
         title: Union[str, None, _Keep] = KEEP,
     ) -> None:
         """Replace a product's images and/or title (``None`` removes the title) and re-encode it."""
-        with self._write_lock:  # a concurrent remove must not be undone by this write
+        with self._write_lock():  # a concurrent remove must not be undone by this write
             old = self.store.get_product(room, product_id)
             new_title = old.title if isinstance(title, _Keep) else title
             new_images = list(images) if images is not None else list(old.image_paths)
@@ -402,7 +397,7 @@ class Retriever:
         """Recompute every product's vectors with the current model; returns the count."""
         count = 0
         for room in self.store.list_rooms():
-            with self._write_lock:  # one room at a time, so removals and updates interleave safely
+            with self._write_lock():  # one room at a time, so removals and updates interleave safely
                 records = self.store.list_products(room)
                 todo = [r for r in records if r.fingerprint != self.fingerprint]
                 if not todo:
@@ -533,66 +528,21 @@ class Retriever:
     def search_global(
         self, clip: ClipInput, asr: Optional[str] = None, top_k: int = 10
     ) -> QueryResult:
-        """Rank the products of every room with the global FAISS index (approximate when large)."""
+        """Rank the products of every room with the backend's catalogue index (approximate when
+        large: FAISS IVF / HNSW, or Milvus), kept up to date without rebuilds."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         q = self.encode_clip(clip, asr)
         self.check_model()
-        index, rows = self.global_index()
-        hits: list[Hit] = []
-        if index is not None:
-            k = min(index.size, top_k * 4)
-            while True:
-                scores, found = index.search(q.query, k)
-                best: dict[tuple[str, str], Hit] = {}
-                for s, r in zip(scores[0], found[0]):
-                    if r < 0:
-                        continue
-                    rv, i = rows[r]
-                    key = (rv.records[i].room_id, rv.product_ids[i])
-                    if key not in best:  # results come sorted, so the first is the best image
-                        best[key] = self._hit(rv, i, float(s))
-                if len(best) >= top_k or k >= index.size:
-                    break
-                k = min(index.size, k * 4)
-            hits = sorted(best.values(), key=lambda h: -h.score)[:top_k]
+        found = self.catalogue().search(
+            q.query, top_k, self.text_weight, self.config.main_image_only, self.fingerprint
+        )
+        hits = [Hit(rec.product_id, score, rec.title, rec.main_image, rec.room_id) for score, rec in found]
         return QueryResult(hits, None, q.frames, q.indices, q.attention, q.asr)
 
-    def global_index(self) -> tuple[Optional[VectorIndex], list[tuple[RoomVectors, int]]]:
-        """The FAISS index over every room's rows (built, or loaded from ``index/``, when stale)."""
-        with self._global_lock:
-            generation = self.store.generation
-            cfg = self.config.index
-            key = (generation, self.fingerprint, self.config.main_image_only, json.dumps(asdict(cfg), sort_keys=True))
-            if self._global is not None and self._global[0] == key:
-                return self._global[1], self._global[2]
-            matrices, rows = [], []
-            for room in self.store.list_rooms():
-                rv = self.store.room_vectors(room)
-                if not rv.product_ids:
-                    continue
-                gallery, product_of_row = gallery_matrix(rv, self.text_weight, self.config.main_image_only)
-                matrices.append(gallery)
-                rows += [(rv, int(i)) for i in product_of_row]
-            index = None
-            if matrices:
-                vectors = np.concatenate(matrices)
-                kind = cfg.choose_kind(len(vectors))
-                name = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
-                path = self.store.root / "index" / f"global-{name}.faiss"
-                if path.is_file():
-                    index = VectorIndex.load(path, kind, cfg)
-                    if index.size != len(vectors):
-                        index = None
-                if index is None:
-                    index = VectorIndex.build(vectors, cfg)
-                    for old in path.parent.glob("global-*.faiss"):
-                        old.unlink(missing_ok=True)
-                    tmp = path.with_name(path.name + ".tmp")
-                    index.save(tmp)
-                    tmp.replace(path)
-            self._global = (key, index, rows)
-            return index, rows
+    def catalogue(self):
+        """The backend's searcher over every room (:class:`sgmn.retrieval.catalogue.Catalogue`)."""
+        return self.store.catalogue(self.config.index)
 
 
 def _check_finite(what: str, *arrays: np.ndarray) -> None:

@@ -6,7 +6,15 @@ Layout of a store folder::
     images/<room>/<product>-<token>-<i>.<ext>    copies of the product images (the web page shows them)
     vectors/<room>/<product>-<token>.npz         ``images`` (n, d) and ``title`` (d,) float32
     index/                  derived FAISS indexes (rebuilt when missing or stale)
-    .lock                   held while a process has the store open
+    .lock                   flock()ed by a process only while it writes
+
+Concurrency: any number of processes may open one store. SQLite runs in WAL mode, so readers
+never wait for each other or for a writer; writes (and the orphan sweep of :meth:`check`) are
+serialised across processes by an exclusive ``flock`` on ``.lock`` held only while writing, and
+across threads by a lock. Every committed change bumps a store generation and the room's own
+generation, which is how other processes notice it (caches and the catalogue index compare them).
+A store opened with ``read_only=True`` never takes the write lock, never creates or deletes a
+file, and works on a folder the process may not write; its writes raise :class:`ReadOnlyStore`.
 
 Crash safety: the files of a product are written (and fsynced) *before* the SQLite transaction
 that references them commits, and old files are deleted only *after* it commits, under fresh
@@ -29,6 +37,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Union
@@ -36,7 +45,9 @@ from typing import Iterable, Optional, Union
 import numpy as np
 
 from sgmn.errors import DataError
-from sgmn.retrieval.errors import AlreadyExists, NotFound, StoreCorrupt, validate_id
+from sgmn.retrieval.errors import AlreadyExists, NotFound, ReadOnlyStore, StoreBusy, StoreCorrupt, validate_id
+
+_log = logging.getLogger("sgmn.retrieval")
 
 logger = logging.getLogger(__name__)
 
@@ -179,42 +190,100 @@ def _image_suffix(src: ImageSource) -> str:
     return src.suffix if isinstance(src, EncodedImage) else ".jpg"
 
 
+WRITE_WAIT_S = 30.0  # how long a write waits for another process's write before giving up
+
+
 class GalleryStore:
     """Rooms and products persisted in one folder (SQLite in WAL mode + vector and image files).
 
-    Thread-safe: every method takes the store's lock, so one instance may be shared by a server's
-    threads. One process at a time may open a store (an advisory file lock enforces it).
+    Thread-safe: one instance may be shared by a server's threads. Several processes may open one
+    store at once (see the module docstring); ``read_only=True`` opens it for queries only.
     """
 
-    def __init__(self, root: Union[str, Path], create: bool = True):
+    backend = "faiss"
+
+    def __init__(self, root: Union[str, Path], create: bool = True, read_only: bool = False):
         self.root = Path(root)
+        self.read_only = read_only
         if not self.root.exists():
-            if not create:
+            if not create or read_only:
                 raise NotFound(f"store {self.root} does not exist")
             self.root.mkdir(parents=True)
         elif not self.root.is_dir():
             raise DataError("store path exists and is not a folder", file=self.root)
-        self._lock = threading.RLock()
-        self._lock_file = open(self.root / ".lock", "a+")
+        self._lock = threading.RLock()  # the SQLite connection and the caches
+        self._writer = threading.RLock()  # one writing thread per process; then the flock
+        self._write_depth = 0
+        self._lock_file = None
+        self._db = None
+        db_path = self.root / DB_NAME
+        if read_only and not db_path.is_file():
+            raise NotFound(f"store {self.root} has no {DB_NAME} (not a store, or never written)")
         try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock_file.close()
-            raise DataError("store is open in another process (or another GalleryStore)", file=self.root)
-        for sub in ("images", "vectors", "index"):
-            (self.root / sub).mkdir(exist_ok=True)
-        self._db = sqlite3.connect(self.root / DB_NAME, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
-        version = self.get_meta("schema_version")
-        if version is None:
-            self.set_meta("schema_version", str(SCHEMA_VERSION))
-        elif int(version) != SCHEMA_VERSION:
-            raise DataError(f"store schema version {version}, this sgmn reads {SCHEMA_VERSION}", file=self.root)
-        self._room_cache: dict[str, RoomVectors] = {}
-        self.check_report = self.check()
+            if not read_only:
+                for sub in ("images", "vectors", "index"):
+                    (self.root / sub).mkdir(exist_ok=True)
+                self._lock_file = open(self.root / ".lock", "a+")
+            self._db = self._connect(db_path)
+            if not read_only:
+                with self.write_lock():
+                    self._db.executescript(_SCHEMA)
+            version = self.get_meta("schema_version")
+            if version is None and not read_only:
+                self.set_meta("schema_version", str(SCHEMA_VERSION))
+            elif version is not None and int(version) != SCHEMA_VERSION:
+                raise DataError(f"store schema version {version}, this sgmn reads {SCHEMA_VERSION}", file=self.root)
+            self._check_backend()
+            self._room_cache: dict[str, tuple[int, RoomVectors]] = {}
+            self.check_report = self.check()
+        except PermissionError as err:
+            self.close()
+            raise ReadOnlyStore(
+                f"store {self.root} cannot be written by this process ({err.strerror}: {err.filename}); "
+                "open it read-only to query it (`sgmn query` does)"
+            ) from None
+        except sqlite3.DatabaseError as err:
+            self.close()
+            raise StoreCorrupt(f"not a readable SQLite store database ({err})", file=db_path) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self, path: Path) -> sqlite3.Connection:
+        if self.read_only:
+            # mode=ro never creates the database; a WAL database in a folder this process may not
+            # write (no -shm to create) can still be read as immutable, since nobody can write it
+            try:
+                db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+                db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError:
+                db = sqlite3.connect(
+                    f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False, isolation_level=None
+                )
+                db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return db
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=WRITE_WAIT_S)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
+
+    def _check_backend(self) -> None:
+        """A store remembers which backend holds its vectors; another backend must not open it."""
+        stored = self.get_meta("backend")
+        if stored is None:
+            if self.read_only or self.count_products() > 0:
+                stored = "faiss"  # stores made before backends existed
+            else:  # a new store
+                self.set_meta("backend", self.backend)
+                stored = self.backend
+        if stored != self.backend:
+            hint = "a folder path" if stored == "faiss" else "a .db path or a Milvus server URI"
+            raise DataError(
+                f"this store keeps its vectors in the {stored} backend, not in {self.backend}: "
+                f"open it with {hint}, as it was created",
+                file=self.root,
+            )
 
     # ---- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
@@ -222,14 +291,57 @@ class GalleryStore:
             if self._db is not None:
                 self._db.close()
                 self._db = None
-                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            if self._lock_file is not None:
                 self._lock_file.close()
+                self._lock_file = None
 
     def __enter__(self) -> "GalleryStore":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    # ---- writing across processes ----------------------------------------------------------
+    @contextmanager
+    def write_lock(self, wait_s: Optional[float] = None):
+        """Hold the store's write lock (reentrant): other threads and processes wait to write.
+
+        Readers never wait for it. A write that waits longer than ``wait_s`` (default
+        :data:`WRITE_WAIT_S`) raises :class:`StoreBusy`.
+        """
+        if self.read_only:
+            raise ReadOnlyStore(f"store {self.root} is open read-only: it cannot be changed")
+        wait_s = WRITE_WAIT_S if wait_s is None else wait_s
+        with self._writer:
+            if self._write_depth == 0:
+                start = time.monotonic()
+                said = False
+                while True:
+                    try:
+                        fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if not said and time.monotonic() - start > 1.0:
+                            said = True  # say why a write is slow, once
+                            _log.warning(
+                                "store %s is being written by another process; waiting up to %.0f s "
+                                "(a running server takes changes at POST /rooms/{room}/products)", self.root, wait_s
+                            )
+                        if time.monotonic() - start >= wait_s:
+                            raise StoreBusy(
+                                f"store {self.root} is being written by another process (a running "
+                                f"`sgmn serve` or `sgmn index`) and stayed busy for {wait_s:.0f} s; retry, or "
+                                "send the change to the running server (POST /rooms/{room}/products, "
+                                "DELETE /rooms/{room}/products/{product})"
+                            ) from None
+                        time.sleep(0.02)
+            self._write_depth += 1
+            try:
+                yield
+            finally:
+                self._write_depth -= 1
+                if self._write_depth == 0:
+                    fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
     # ---- meta ------------------------------------------------------------------------------
     def get_meta(self, key: str) -> Optional[str]:
@@ -238,19 +350,38 @@ class GalleryStore:
             return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._lock:
+        with self.write_lock(), self._lock:
             self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def delete_meta(self, key: str) -> None:
+        with self.write_lock(), self._lock:
+            self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
+
+    def meta_items(self, prefix: str) -> dict[str, str]:
+        """Meta entries whose key starts with ``prefix`` (a key range: no LIKE escaping)."""
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        with self._lock:
+            rows = self._db.execute("SELECT key, value FROM meta WHERE key >= ? AND key < ?", (prefix, upper))
+            return dict(rows.fetchall())
 
     @property
     def generation(self) -> int:
         """A counter bumped by every committed change (derived indexes compare against it)."""
         return int(self.get_meta("generation") or 0)
 
-    def _bump_generation(self) -> None:
-        self._db.execute(
-            "INSERT INTO meta (key, value) VALUES ('generation', '1') "
-            "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
-        )
+    def room_generations(self) -> dict[str, int]:
+        """Room -> a counter bumped by every committed change of that room (0: never changed)."""
+        with self._lock:
+            gens = {k[len("generation/"):]: int(v) for k, v in self.meta_items("generation/").items()}
+            return {room: gens.get(room, 0) for room in self.list_rooms()}
+
+    def _bump_generation(self, room: Optional[str] = None) -> None:
+        for key in ("generation",) if room is None else ("generation", f"generation/{room}"):
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, '1') "
+                "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+                (key,),
+            )
 
     # ---- rooms -----------------------------------------------------------------------------
     def list_rooms(self) -> list[str]:
@@ -269,29 +400,33 @@ class GalleryStore:
     def create_room(self, room: str, exist_ok: bool = False) -> bool:
         """Create an empty room; returns False when it existed (and ``exist_ok``)."""
         validate_id(room, "room id")
-        with self._lock:
+        if exist_ok and self.has_room(room):  # no write lock needed (a read-only store may ask)
+            return False
+        with self.write_lock(), self._lock:
             if self.has_room(room):
                 if exist_ok:
                     return False
                 raise AlreadyExists(f"room {room!r} already exists in store {self.root}")
             with self._transaction():
                 self._db.execute("INSERT INTO rooms (room_id, created) VALUES (?, ?)", (room, time.time()))
-                self._bump_generation()
+                self._bump_generation(room)
             return True
 
     def delete_room(self, room: str) -> int:
         """Delete a room with all its products and files; returns the number of products removed."""
-        with self._lock:
+        with self.write_lock(), self._lock:
             self._require_room(room)
-            n = self.count_products(room)
+            records = self.list_products(room)
+            self._before_commit(room, [], records)
             with self._transaction():
                 self._db.execute("DELETE FROM products WHERE room_id = ?", (room,))
                 self._db.execute("DELETE FROM rooms WHERE room_id = ?", (room,))
-                self._bump_generation()
+                self._bump_generation(room)
             shutil.rmtree(self.root / "images" / room, ignore_errors=True)
             shutil.rmtree(self.root / "vectors" / room, ignore_errors=True)
+            self._after_commit(room, records)
             self._room_cache.pop(room, None)
-            return n
+            return len(records)
 
     # ---- products --------------------------------------------------------------------------
     def count_products(self, room: Optional[str] = None) -> int:
@@ -361,50 +496,51 @@ class GalleryStore:
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})
             raise AlreadyExists(f"product ids repeated in one call: {dup}")
-        with self._lock:
+        with self.write_lock(), self._lock:
             self._require_room(room)
             existing = {pid: self.get_product(room, pid) for pid in ids if self.has_product(room, pid)}
             if existing and not replace:
                 raise AlreadyExists(
                     f"products already in room {room!r}: {sorted(existing)} (update them instead)"
                 )
-            written: list[Path] = []
+            written: list = []
             rows = []
             try:
                 for p in products:
                     rows.append(self._write_files(room, p, fingerprint, written))
+                self._before_commit(room, written, list(existing.values()))
                 with self._transaction():
                     self._db.executemany(
                         f"INSERT OR REPLACE INTO products ({self._COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
                     )
-                    self._bump_generation()
+                    self._bump_generation(room)
             except BaseException:
-                for path in written:
-                    path.unlink(missing_ok=True)
+                self._discard(written)
                 raise
             self._room_cache.pop(room, None)
             for old in existing.values():
                 self._delete_files(old)
+            self._after_commit(room, list(existing.values()))
             return [i for i in ids if i not in existing], [i for i in ids if i in existing]
 
     def remove_product(self, room: str, product_id: str) -> None:
-        with self._lock:
+        with self.write_lock(), self._lock:
             old = self.get_product(room, product_id)
+            self._before_commit(room, [], [old])
             with self._transaction():
                 self._db.execute("DELETE FROM products WHERE room_id = ? AND product_id = ?", (room, product_id))
-                self._bump_generation()
+                self._bump_generation(room)
             # the delete is committed: drop the cache first, then the files (best effort)
             self._room_cache.pop(room, None)
             self._delete_files(old)
+            self._after_commit(room, [old])
 
     def _write_files(self, room: str, p: NewProduct, fingerprint: str, written: list[Path]) -> tuple:
         from PIL import Image
 
         token = uuid.uuid4().hex[:12]
         image_dir = self.root / "images" / room
-        vector_dir = self.root / "vectors" / room
         image_dir.mkdir(exist_ok=True)
-        vector_dir.mkdir(exist_ok=True)
         if not p.images:
             raise DataError("a product needs at least one image", key=p.product_id)
         vec = p.vectors
@@ -425,9 +561,17 @@ class GalleryStore:
                 _fsync_write(dest, lambda f, s=src: f.write(Path(s).read_bytes()))
             written.append(dest)
             names.append(name)
-        vec_name = f"{p.product_id}-{token}.npz"
+        vec_name = self._write_vectors(room, p.product_id, token, vec, written)
+        sources = [_source_name(s, i) for i, s in enumerate(p.images)]
+        return (room, p.product_id, p.title, json.dumps(names), json.dumps(sources), vec_name, fingerprint, time.time())
+
+    def _write_vectors(self, room: str, product_id: str, token: str, vec: ProductVectors, written: list) -> str:
+        """Persist one product's vectors before the commit; returns what the row references."""
+        vec_name = f"{product_id}-{token}.npz"
+        path = self.root / "vectors" / room / vec_name
+        path.parent.mkdir(exist_ok=True)
         _fsync_write(
-            vector_dir / vec_name,
+            path,
             lambda f: np.savez(
                 f,
                 images=vec.images.astype(np.float32),
@@ -435,9 +579,19 @@ class GalleryStore:
                 has_title=np.array(vec.has_title),
             ),
         )
-        written.append(vector_dir / vec_name)
-        sources = [_source_name(s, i) for i, s in enumerate(p.images)]
-        return (room, p.product_id, p.title, json.dumps(names), json.dumps(sources), vec_name, fingerprint, time.time())
+        written.append(path)
+        return vec_name
+
+    def _discard(self, written: list) -> None:
+        """Undo the writes of a failed ``put_products`` (nothing references them)."""
+        for path in written:
+            path.unlink(missing_ok=True)
+
+    def _before_commit(self, room: str, written: list, replaced: list[ProductRecord]) -> None:
+        """Hook of vector backends: runs after the new vectors are written, before the commit."""
+
+    def _after_commit(self, room: str, removed: list[ProductRecord]) -> None:
+        """Hook of vector backends: the commit no longer references ``removed``'s vectors."""
 
     def _delete_files(self, record: ProductRecord) -> None:
         """Delete a product's files after its row is gone. The change is already committed, so a
@@ -460,27 +614,58 @@ class GalleryStore:
             raise StoreCorrupt(f"vector file cannot be read ({e})", file=record.vectors_path)
 
     def room_vectors(self, room: str) -> RoomVectors:
-        """The room's vectors stacked for search (cached until the room changes)."""
-        with self._lock:
-            cached = self._room_cache.get(room)
-            if cached is not None:
-                return cached
-            records = self.list_products(room)
-            vectors = [self.load_vectors(r) for r in records]
-            self._room_cache[room] = rv = stack_vectors(records, vectors)
+        """The room's vectors stacked for search (cached until the room's generation changes,
+        whichever process changed it)."""
+        for attempt in range(5):
+            with self._lock:
+                generation = self.room_generations_of([room])[room]
+                cached = self._room_cache.get(room)
+                if cached is not None and cached[0] == generation:
+                    return cached[1]
+                records = self.list_products(room)
+            try:
+                vectors = self._load_room(room, records)
+            except StoreCorrupt:
+                # another process may have replaced a product (and deleted its old vectors)
+                # between our listing and our reading: that is not corruption, read again
+                if attempt < 4 and self.room_generations_of([room])[room] != generation:
+                    continue
+                raise
+            rv = stack_vectors(records, vectors)
+            with self._lock:
+                self._room_cache[room] = (generation, rv)
             return rv
+        raise AssertionError("unreachable")
+
+    def room_generations_of(self, rooms: list[str]) -> dict[str, int]:
+        with self._lock:
+            out = {}
+            for room in rooms:
+                value = self.get_meta(f"generation/{room}")
+                out[room] = int(value) if value is not None else 0
+            return out
+
+    def _load_room(self, room: str, records: list[ProductRecord]) -> list[ProductVectors]:
+        return [self.load_vectors(r) for r in records]
 
     # ---- consistency -----------------------------------------------------------------------
-    def check(self) -> CheckReport:
-        """Delete orphan files (left by a crash) and verify every committed file exists."""
-        with self._lock:
+    def check(self) -> Optional[CheckReport]:
+        """Delete orphan files (left by a crash) and verify every committed file exists.
+
+        Runs under the write lock, so that no other process is between writing its files and
+        committing them. A read-only store is not checked (it may not delete anything, and a
+        writer in another process may be replacing files while it looks): ``None``.
+        """
+        if self.read_only:
+            return None
+        with self.write_lock(), self._lock:
             referenced: set[Path] = set()
             rooms = self.list_rooms()
             n_products = 0
             for room in rooms:
                 for rec in self.list_products(room):
                     n_products += 1
-                    for path in [*rec.image_paths, rec.vectors_path]:
+                    for path in self._committed_files(rec):
                         if not path.is_file():
                             raise StoreCorrupt(
                                 f"file of committed product {rec.product_id!r} (room {room!r}) is missing",
@@ -499,9 +684,27 @@ class GalleryStore:
                 for d in (self.root / sub).iterdir():
                     if d.is_dir() and d.name not in rooms:
                         shutil.rmtree(d, ignore_errors=True)
+            orphans += self._check_vectors()
             if left:
                 logger.warning("store %s: %d orphan file(s) could not be deleted", self.root, left)
             return CheckReport(rooms=len(rooms), products=n_products, orphans_removed=orphans, orphans_left=left)
+
+    def _committed_files(self, record: ProductRecord) -> list[Path]:
+        return [*record.image_paths, record.vectors_path]
+
+    def _check_vectors(self) -> int:
+        """Hook of vector backends: remove vectors no committed product references."""
+        return 0
+
+    # ---- catalogue search ------------------------------------------------------------------
+    def catalogue(self, config):
+        """The searcher over every room's products (FAISS here; see ``sgmn.retrieval.catalogue``)."""
+        from sgmn.retrieval.catalogue import FaissCatalogue
+
+        with self._lock:
+            if getattr(self, "_catalogue", None) is None or self._catalogue.config != config:
+                self._catalogue = FaissCatalogue(self, config)
+            return self._catalogue
 
     # ---- internals -------------------------------------------------------------------------
     def _transaction(self):

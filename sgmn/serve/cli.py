@@ -13,7 +13,11 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def serve(
         checkpoint: Path = typer.Option(..., "--checkpoint", help="run folder, saved model folder or published .bin"),
-        store: Path = typer.Option(..., "--store", help="gallery store folder (created when missing)"),
+        store: str = typer.Option(
+            ..., "--store",
+            help="gallery store: a folder (FAISS, created when missing), a .db path (Milvus Lite) or "
+            "http://host:19530?root=FOLDER (a Milvus server)",
+        ),
         host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 exposes it to the network)"),
         port: int = typer.Option(8000, "--port", min=1, max=65535),
         max_upload_mb: float = typer.Option(50.0, "--max-upload-mb", min=0.001, help="largest request body accepted"),
@@ -27,6 +31,11 @@ def register(app: typer.Typer) -> None:
         ),
         allow_origin: Optional[list[str]] = typer.Option(
             None, "--allow-origin", help="another site allowed to POST/DELETE, e.g. https://ops.example.com (repeatable)"
+        ),
+        workers: int = typer.Option(
+            1, "--workers", min=1,
+            help="serving processes over the one store (reads in parallel, writes serialised); "
+            "a Milvus Lite .db store admits one",
         ),
     ) -> None:
         """Serve rooms, products and queries over HTTP, with a web page at http://HOST:PORT/."""
@@ -58,12 +67,26 @@ def register(app: typer.Typer) -> None:
                 max_upload_mb=max_upload_mb, token=token, auth=auth, bind_host=host,
                 allowed_hosts=list(allow_host) if allow_host else None, allowed_origins=list(allow_origin or []),
             )
-            application = create_app(retriever, settings)
-            typer.echo(f"sgmn serve: http://{host}:{port}/  (API docs at /docs, store {store})")
             if token is None and not is_loopback(host):
                 typer.echo("sgmn serve: warning: listening beyond this machine without a token; anyone who "
                            "can reach it can add and delete products (see --token-file)", err=True)
-            uvicorn.run(application, host=host, port=port, log_level="info")
+            if workers == 1:
+                application = create_app(retriever, settings)
+                typer.echo(f"sgmn serve: http://{host}:{port}/  (API docs at /docs, store {store})")
+                uvicorn.run(application, host=host, port=port, log_level="info")
+                return
+            if retriever.store.backend == "milvus" and retriever.store.server is None:
+                _fail("a Milvus Lite store (.db) admits one process: use --workers 1, a FAISS store "
+                      "folder, or a Milvus server (--store http://host:19530?root=FOLDER)")
+        # checked and closed here: each worker process opens the store itself (sgmn.serve.workers)
+        from sgmn.serve import workers as serve_workers
+
+        os.environ[serve_workers.ENV_CHECKPOINT] = str(checkpoint.resolve())
+        os.environ[serve_workers.ENV_STORE] = store
+        os.environ[serve_workers.ENV_SETTINGS] = serve_workers.settings_to_env(settings)
+        typer.echo(f"sgmn serve: http://{host}:{port}/  ({workers} workers, API docs at /docs, store {store})")
+        uvicorn.run("sgmn.serve.workers:create_app_from_env", factory=True, host=host, port=port,
+                    workers=workers, log_level="info")
 
 
 def _fail(message: str) -> None:

@@ -1,0 +1,291 @@
+"""A large catalogue: FAISS IVF, FAISS HNSW and Milvus Lite side by side (issue 13.2 and 13.3).
+
+    python benchmarks/scale.py                                   # 1M rows for IVF; see --help for sizes
+    python benchmarks/scale.py --ivf-rows 1000000 --hnsw-rows 200000 --milvus-rows 100000
+    python benchmarks/scale.py --smoke                           # seconds; what the tests run
+
+For each backend index, on low-rank unit vectors of d=512 (the speed benchmark's model of learned
+embeddings: a 32-d subspace plus noise), writes into the ``scale`` section of docs/benchmarks.md:
+
+* build time (IVF: training + adding + calibration; HNSW: adding + calibration; Milvus Lite:
+  inserting through pymilvus + building its index until the first search answers);
+* memory: the serialized index and the process RSS growth while building;
+* query latency p50 / p99 per query (one query per call) and batched (64 queries per call,
+  reported per query);
+* recall@10 against exact search on held-out queries (drawn from the same distribution, not in
+  the catalogue);
+* the cost of one incremental update at that size: adding one product (2 image rows) and removing
+  it again, against rebuilding (FAISS IVF ``add_with_ids`` / ``remove_ids``; HNSW add + the delete
+  map; Milvus insert / delete);
+* exact per-room search at LPR4M's room size (600 products x 2 images): latency of the matmul the
+  Retriever runs for ``query(room, ...)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from speed import LOW_RANK, exact_numpy, low_rank_vectors, recall_at_k  # noqa: E402
+
+SECTION = "scale"
+
+
+@dataclass
+class ScaleConfig:
+    ivf_rows: int = 1_000_000
+    hnsw_rows: int = 200_000
+    milvus_rows: int = 100_000
+    dim: int = 512
+    queries: int = 256  # held-out queries
+    batch: int = 64
+    k: int = 10
+    ivf_nlist: int = 1024
+    ivf_train_rows: int = 65_536
+    room_products: int = 600
+    milvus_ef: tuple[int, ...] = (64, 128, 256)
+    seed: int = 0
+    smoke: bool = False
+
+
+def smoke_config() -> ScaleConfig:
+    return ScaleConfig(ivf_rows=5_000, hnsw_rows=3_000, milvus_rows=2_000, dim=64, queries=32, batch=16,
+                       ivf_nlist=32, ivf_train_rows=2_000, room_products=50, milvus_ef=(64,), smoke=True)
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float]:
+    ms = np.asarray(seconds) * 1e3
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def latencies(search, queries: np.ndarray, batch: int) -> dict:
+    """p50/p99 ms of single queries, and of batches divided by the batch size."""
+    search(queries[:2])  # warm-up
+    single = []
+    for q in queries:
+        t0 = time.perf_counter()
+        search(q[None])
+        single.append(time.perf_counter() - t0)
+    batched = []
+    for _ in range(2):
+        for lo in range(0, len(queries), batch):
+            t0 = time.perf_counter()
+            search(queries[lo:lo + batch])
+            batched.append((time.perf_counter() - t0) / len(queries[lo:lo + batch]))
+    p50, p99 = percentiles(single)
+    b50, b99 = percentiles(batched)
+    return {"p50_ms": p50, "p99_ms": p99, "batched_p50_ms": b50, "batched_p99_ms": b99}
+
+
+def data(cfg: ScaleConfig, n: int, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    basis = np.linalg.qr(np.random.default_rng(cfg.seed).standard_normal((cfg.dim, LOW_RANK)))[0].T.astype(np.float32)
+    gallery = low_rank_vectors(n, cfg.dim, rng, basis)
+    queries = low_rank_vectors(cfg.queries, cfg.dim, rng, basis)
+    t0 = time.perf_counter()
+    exact = exact_numpy(queries, gallery, cfg.k)
+    print(f"[scale] {n} rows: exact top-{cfg.k} of {cfg.queries} queries in {time.perf_counter() - t0:.1f} s", flush=True)
+    return gallery, queries, exact
+
+
+def bench_faiss(kind: str, cfg: ScaleConfig, n: int) -> dict:
+    import faiss
+
+    from sgmn.retrieval.index import IndexConfig, VectorIndex
+
+    rng = np.random.default_rng(cfg.seed + 1)
+    gallery, queries, exact = data(cfg, n, rng)
+    config = IndexConfig(kind=kind, ivf_nlist=cfg.ivf_nlist, seed=cfg.seed)
+    rss0 = common.rss_bytes()
+    t0 = time.perf_counter()
+    if kind == "ivf":
+        # train on a sample (the full 1M x 1024-centroid k-means alone would take most of the run)
+        sample = gallery[np.random.default_rng(cfg.seed).choice(n, min(n, cfg.ivf_train_rows), replace=False)]
+        faiss.cvar.indexIVF_stats.reset()
+        index = VectorIndex.build(sample, IndexConfig(kind="ivf", ivf_nlist=cfg.ivf_nlist, seed=cfg.seed,
+                                                      target_recall=None), ids=np.arange(len(sample), dtype=np.int64))
+        index.remove(np.arange(len(sample), dtype=np.int64))  # keep the trained centroids only
+        index.add(gallery, np.arange(n, dtype=np.int64))
+        index.config = config
+        index.recall = index.calibrate(gallery, config.target_recall, row_ids=np.arange(n, dtype=np.int64))
+    else:
+        index = VectorIndex.build(gallery, config, ids=np.arange(n, dtype=np.int64))
+    build_s = time.perf_counter() - t0
+    rss = common.rss_bytes() - rss0
+    _, found = index.search(queries, cfg.k)
+    row = {"method": f"FAISS {kind.upper()}", "rows": n, "build_s": build_s,
+           "setting": ", ".join(f"{k} {v}" for k, v in index.search_setting.items()),
+           "index_bytes": faiss.serialize_index(index.index).nbytes, "rss_growth": rss,
+           "recall@10": recall_at_k(found, exact), **latencies(lambda q: index.search(q, cfg.k), queries, cfg.batch)}
+    # one incremental update: a product of 2 image rows added, then removed (no rebuild)
+    new = low_rank_vectors(2, cfg.dim, rng, np.linalg.qr(np.random.default_rng(cfg.seed).standard_normal(
+        (cfg.dim, LOW_RANK)))[0].T.astype(np.float32))
+    adds, removes = [], []
+    for i in range(5):
+        ids = np.array([n + 2 * i, n + 2 * i + 1], np.int64)
+        t0 = time.perf_counter()
+        index.add(new, ids)
+        adds.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        if index.can_remove:
+            index.remove(ids)
+        # HNSW: a removal is an entry in the catalogue's delete map (a set), nothing in FAISS
+        removes.append(time.perf_counter() - t0)
+    row["add_ms"], row["remove_ms"] = float(np.median(adds) * 1e3), float(np.median(removes) * 1e3)
+    del index, gallery
+    gc.collect()
+    return row
+
+
+def bench_milvus(cfg: ScaleConfig, n: int, folder: Path) -> list[dict]:
+    from pymilvus import DataType, MilvusClient
+
+    rng = np.random.default_rng(cfg.seed + 2)
+    gallery, queries, exact = data(cfg, n, rng)
+    rss0 = common.rss_bytes()
+    t0 = time.perf_counter()
+    client = MilvusClient(str(folder / "bench.db"))
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("room", DataType.VARCHAR, max_length=64, is_partition_key=True)
+    schema.add_field("vec", DataType.FLOAT_VECTOR, dim=cfg.dim)
+    params = client.prepare_index_params()
+    params.add_index(field_name="vec", index_type="HNSW", metric_type="IP", params={"M": 32, "efConstruction": 200})
+    client.create_collection("bench", schema=schema, index_params=params, consistency_level="Strong")
+    client.load_collection("bench")
+    chunk = 5_000
+    for lo in range(0, n, chunk):
+        block = gallery[lo:lo + chunk]
+        client.insert("bench", [{"id": lo + i, "room": f"room{(lo + i) // 1200}", "vec": v} for i, v in enumerate(block)])
+    client.flush("bench")
+
+    def search(q: np.ndarray, ef: int):
+        return client.search("bench", data=list(q), limit=cfg.k, search_params={"metric_type": "IP", "params": {"ef": ef}})
+
+    search(queries[:1], cfg.milvus_ef[0])  # the index is ready once a search answers
+    build_s = time.perf_counter() - t0
+    rss = common.rss_bytes() - rss0
+    disk = sum(p.stat().st_size for p in (folder / "bench.db").rglob("*") if p.is_file())
+    rows = []
+    for ef in cfg.milvus_ef:
+        found = np.array([[hit["id"] for hit in hits] for hits in search(queries, ef)])
+        rows.append({"method": "Milvus Lite HNSW", "rows": n, "build_s": build_s, "setting": f"M 32, ef {ef}",
+                     "index_bytes": disk, "rss_growth": rss, "recall@10": recall_at_k(found, exact),
+                     **latencies(lambda q, ef=ef: search(q, ef), queries, cfg.batch)})
+    adds, removes = [], []
+    for i in range(5):
+        t0 = time.perf_counter()
+        client.insert("bench", [{"id": n + 2 * i + j, "room": "new", "vec": gallery[j]} for j in range(2)])
+        adds.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        client.delete("bench", ids=[n + 2 * i, n + 2 * i + 1])
+        removes.append(time.perf_counter() - t0)
+    for r in rows:
+        r["add_ms"], r["remove_ms"] = float(np.median(adds) * 1e3), float(np.median(removes) * 1e3)
+    client.close()
+    from milvus_lite.server_manager import server_manager_instance
+
+    server_manager_instance.release_server(str(folder / "bench.db"))
+    del gallery
+    gc.collect()
+    return rows
+
+
+def bench_room(cfg: ScaleConfig) -> dict:
+    """Exact search over one room, as Retriever.query does it (matmul + best image per product)."""
+    from sgmn.retrieval.index import best_per_product
+
+    rng = np.random.default_rng(cfg.seed + 3)
+    rows = rng.standard_normal((2 * cfg.room_products, 2 * cfg.dim)).astype(np.float32)
+    product_of_row = np.repeat(np.arange(cfg.room_products), 2)
+    queries = rng.standard_normal((cfg.queries, 2 * cfg.dim)).astype(np.float32)
+
+    def search(q):
+        scores = best_per_product(q @ rows.T, product_of_row, cfg.room_products)
+        return np.argsort(-scores, axis=1, kind="stable")[:, : cfg.k]
+
+    return {"method": "exact, one room", "rows": len(rows), "build_s": 0.0, "setting": f"{cfg.room_products} products x 2 images",
+            "index_bytes": rows.nbytes, "rss_growth": 0, "recall@10": 1.0, **latencies(search, queries, cfg.batch),
+            "add_ms": float("nan"), "remove_ms": float("nan")}
+
+
+def render(rows: list[dict], cfg: ScaleConfig, info: dict, seconds: float) -> str:
+    table = common.markdown_table(
+        ["method", "rows", "setting", "build s", "index", "RSS growth", "recall@10", "p50 ms", "p99 ms",
+         "batched p50 ms/q", "batched p99 ms/q", "add 1 product ms", "remove ms"],
+        [[r["method"], f"{r['rows']:,}", r["setting"], f"{r['build_s']:.1f}", common.human_bytes(r["index_bytes"]),
+          common.human_bytes(r["rss_growth"]), f"{r['recall@10']:.3f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+          f"{r['batched_p50_ms']:.3f}", f"{r['batched_p99_ms']:.3f}",
+          "—" if np.isnan(r["add_ms"]) else f"{r['add_ms']:.2f}", "—" if np.isnan(r["remove_ms"]) else f"{r['remove_ms']:.2f}"]
+         for r in rows])
+    return f"""## Scale: a large catalogue (FAISS IVF, FAISS HNSW, Milvus Lite)
+
+Command: `{common.command_line()}` — finished in {seconds / 60:.1f} min.
+
+{common.machine_markdown(info)}
+
+Low-rank unit vectors (a {LOW_RANK}-d subspace plus noise, d={cfg.dim}); {cfg.queries} held-out queries; FAISS on one thread;
+recall@10 against exact search over the same rows. FAISS indexes are calibrated at build time
+(nprobe / efSearch doubled until recall@10 on gallery probes reaches 0.95, as the Retriever
+does); IVF has {cfg.ivf_nlist} lists trained on {cfg.ivf_train_rows:,} sampled rows. Milvus Lite
+(pure-Python milvus-lite 3, in-process, gRPC over loopback) is shown at each `ef`. "Add 1 product":
+two image rows added to the built index (FAISS `add_with_ids`; Milvus insert), "remove": the
+same rows removed (IVF `remove_ids`; HNSW: an entry in the catalogue's delete map; Milvus
+delete) — neither rebuilds the index; compare with the build time. Batched: {cfg.batch} queries
+per call, time per query. The last row is the exact per-room search every `query(room, ...)`
+runs (LPR4M-sized room): it stays exact at any catalogue size.
+
+{table}
+"""
+
+
+def run(cfg: ScaleConfig, doc: Optional[Path] = common.DOC) -> list[dict]:
+    import faiss
+
+    start = time.perf_counter()
+    info = common.machine_info()
+    # one thread: a server answers queries from many threads at once, and OpenMP barriers on a shared,
+    # loaded machine make single-query latency noise (measured: 28 ms instead of under 1 ms)
+    faiss.omp_set_num_threads(1)
+    rows = []
+    for kind, n in (("ivf", cfg.ivf_rows), ("hnsw", cfg.hnsw_rows)):
+        if n:
+            rows.append(bench_faiss(kind, cfg, n))
+            print(f"[scale] {rows[-1]}", flush=True)
+    if cfg.milvus_rows:
+        with tempfile.TemporaryDirectory(prefix="sgmn-scale-") as tmp:
+            rows += bench_milvus(cfg, cfg.milvus_rows, Path(tmp))
+            print(f"[scale] {rows[-1]}", flush=True)
+    rows.append(bench_room(cfg))
+    if doc is not None:
+        common.write_section(SECTION, render(rows, cfg, info, time.perf_counter() - start), doc)
+    return rows
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes; seconds (writes no docs)")
+    parser.add_argument("--ivf-rows", type=int, default=ScaleConfig.ivf_rows)
+    parser.add_argument("--hnsw-rows", type=int, default=ScaleConfig.hnsw_rows)
+    parser.add_argument("--milvus-rows", type=int, default=ScaleConfig.milvus_rows)
+    parser.add_argument("--queries", type=int, default=ScaleConfig.queries)
+    parser.add_argument("--no-doc", action="store_true", help="print only (sizing runs)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        run(smoke_config(), doc=None)
+        return
+    run(ScaleConfig(ivf_rows=args.ivf_rows, hnsw_rows=args.hnsw_rows, milvus_rows=args.milvus_rows, queries=args.queries),
+        doc=None if args.no_doc else common.DOC)
+
+
+if __name__ == "__main__":
+    main()
