@@ -310,8 +310,30 @@ def test_bf16_autocast_on_cpu_trains(tmp_path):
     result = toy_trainer(tmp_path / "run", model=model, precision="bf16", epochs=1).fit()
     assert result.step == 6 and math.isfinite(result.last_losses["loss"])
     assert dtypes == {torch.bfloat16}  # the forward really ran under bf16 autocast
-    with pytest.raises(ValueError, match="fp16 needs CUDA"):
-        toy_trainer(tmp_path / "run2", precision="fp16")
+
+
+def test_fp16_autocast_on_cpu_trains_with_a_grad_scaler(tmp_path):
+    model = ToyModel()
+    dtypes = set()
+    model.head.register_forward_hook(lambda module, args, output: dtypes.add(output.dtype))
+    trainer = toy_trainer(tmp_path / "run", model=model, precision="fp16", epochs=1)
+    assert trainer.scaler.is_enabled()
+    result = trainer.fit()
+    assert result.step == 6 and math.isfinite(result.last_losses["loss"])
+    assert dtypes == {torch.float16}
+
+
+def test_auto_precision_and_determinism_follow_the_device(tmp_path):
+    cfg = TrainConfig()
+    assert cfg.precision == "auto" and cfg.deterministic is None and cfg.tf32
+    # CPU runs stay fp32 and bit-identical; CUDA defaults to bf16 (fp16 without bf16) and fast kernels
+    assert cfg.resolve_precision("cpu") == "fp32" and cfg.resolve_deterministic("cpu") is True
+    assert cfg.resolve_deterministic("cuda") is False
+    assert TrainConfig(deterministic=True).resolve_deterministic("cuda") is True
+    assert TrainConfig(precision="fp32").resolve_precision("cuda") == "fp32"
+    trainer = toy_trainer(tmp_path / "run", epochs=1)
+    assert trainer.precision == "fp32" and not trainer.scaler.is_enabled()
+    assert torch.are_deterministic_algorithms_enabled()
 
 
 def test_too_small_training_set_is_a_clear_error(tmp_path):

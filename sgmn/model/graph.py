@@ -32,6 +32,9 @@ Direction = Literal["clip", "product"]
 
 
 def _l2_normalise_over(x: torch.Tensor, dim: int, eps: float = 1e-8) -> torch.Tensor:
+    # In float32: under fp16 autocast eps = 1e-8 rounds to 0 and squares of small similarities
+    # underflow, so padded rows would give 0/0 = NaN in the backward pass.
+    x = x.float()
     return x / x.norm(dim=dim, keepdim=True).clamp(min=eps)
 
 

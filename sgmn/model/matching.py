@@ -107,6 +107,8 @@ class SelectiveFusion(nn.Module):
         )[0][:, 0]
         update = (self.gate * summary) * apply[:, None].to(summary.dtype)  # exactly 0 without text
         positions = torch.as_tensor(cls_positions, dtype=torch.long, device=tokens.device)
+        # Under autocast the attention output is half precision but the gate is float32.
+        update = update.to(tokens.dtype)
         return tokens.index_add(1, positions, update[:, None].expand(B, positions.numel(), d))
 
 
