@@ -155,3 +155,90 @@ def test_torchrun_cli_smoke(tmp_path):
     assert state["world_size"] == 2 and len(state["rng"]) == 2 and state["step"] == 2
     loaded = sgmn.load_model(run / "last")
     assert loaded.config.vision.layers == 1
+
+
+# ---- a sample dropped on one rank only --------------------------------------------------------
+
+
+class _GatherToy(torch.nn.Module):
+    """A batch-wide loss over the all-gathered batch: ranks with different batch sizes would hang
+    (or fail) in the all-gather, as SGMN's losses would."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = torch.nn.Linear(4, 4)
+
+    def forward(self, batch):
+        from sgmn.train.distributed import all_gather_with_grad
+
+        z = all_gather_with_grad(self.backbone(batch["x"]))
+        loss = (z @ z.t()).logsumexp(dim=1).mean()
+        return {"loss": loss, "losses": {"nce": loss}}
+
+    def save_pretrained(self, folder):
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / "model.safetensors"))
+
+
+class _PairsWithAnUnreadableSample(torch.utils.data.Dataset):
+    def __init__(self, n, bad):
+        self.x = torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
+        self.bad = bad
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        from sgmn.data.dataset import SkippedSample
+
+        if i == self.bad:
+            return SkippedSample(i, f"sample {i}: unreadable video")
+        return {"x": self.x[i], "labels": torch.tensor(i)}
+
+
+def _skip_rank_main(rank: int, world: int, port: int, out_dir: str, batch_size: int) -> None:
+    from sgmn.data.dataset import collate
+    from sgmn.errors import DataError
+    from sgmn.train.config import TrainConfig
+    from sgmn.train.loop import Trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        cfg = TrainConfig(batch_size=batch_size, epochs=1, num_workers=0, log_every=1, lr=1e-2, on_error="skip")
+        trainer = Trainer(_GatherToy(), _PairsWithAnUnreadableSample(16, bad=5), cfg, Path(out_dir) / "run", collate_fn=collate)
+        try:
+            result = trainer.fit()
+            outcome = {"step": result.step, "skipped": trainer.skipped, "weights": {k: v.clone() for k, v in trainer.model.state_dict().items()}}
+        except DataError as e:
+            outcome = {"error": str(e)}
+        torch.save(outcome, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(300)
+def test_a_sample_skipped_on_one_rank_neither_hangs_nor_desyncs(tmp_path):
+    # 16 samples, 2 ranks, batches of 4: one rank's batch loses sample 5. Both ranks trim that
+    # micro-batch to 3, count 1 unreadable + 1 trimmed sample, and end with the same weights.
+    mp.spawn(_skip_rank_main, args=(WORLD, free_port(), str(tmp_path), 4), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    assert [r.get("error") for r in ranks] == [None, None]
+    assert [r["step"] for r in ranks] == [2, 2]
+    assert [r["skipped"] for r in ranks] == [2, 2]
+    for key, value in ranks[0]["weights"].items():
+        torch.testing.assert_close(ranks[1]["weights"][key], value, rtol=0, atol=0, msg=key)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["skipped_samples"] for r in rows if r["kind"] == "epoch"] == [2]
+
+
+@pytest.mark.timeout(300)
+def test_a_rank_left_without_samples_stops_every_rank_with_the_same_error(tmp_path):
+    # Batches of 1: the rank that draws sample 5 has nothing to train on; every rank raises.
+    mp.spawn(_skip_rank_main, args=(WORLD, free_port(), str(tmp_path), 1), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    assert all("every sample of a training batch was unreadable on rank(s)" in r.get("error", "") for r in ranks), ranks

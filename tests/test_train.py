@@ -474,3 +474,55 @@ def test_two_processes_with_the_same_seed_train_bit_identical_weights(tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
         hashes.append(done.stdout.strip().splitlines()[-1])
     assert hashes[0] == hashes[1]
+
+
+# ---- GPU-oriented options, exercised on CPU -----------------------------------------------------
+
+
+def test_activation_checkpointing_gives_the_same_gradients(monkeypatch):
+    from sgmn.train.loop import prepare_backbone
+    from test_model import make_batch, tiny
+
+    grads, used = [], []
+    real_checkpoint = torch.utils.checkpoint.checkpoint
+
+    def spy(*args, **kwargs):
+        used.append(1)
+        return real_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", spy)
+    for checkpointing in (False, True):
+        model = tiny(**{"vision.layers": 2, "dropout": 0.0, "use_gci": False})  # GCI checkpoints its own blocks
+        prepare_backbone(model, compile=False, activation_checkpointing=checkpointing)
+        model(make_batch())["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert len(used) >= 2  # the layers really went through checkpoint
+    assert grads[0].keys() == grads[1].keys() and any(k.startswith("backbone.vision_model") for k in grads[0])
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_options_without_a_backbone_are_a_clear_error(tmp_path):
+    class NoBackbone(ToyModel):
+        def __init__(self):
+            super().__init__()
+            del self.backbone
+
+    with pytest.raises(ValueError, match="activation_checkpointing.*has none"):
+        toy_trainer(tmp_path / "run", model=NoBackbone(), activation_checkpointing=True)
+
+
+def test_compile_option_trains_like_eager(tmp_path):
+    # torch.compile on the tiniest model (slow to compile on a CPU, fast to run): same weights.
+    finals = []
+    for name, compile in (("eager", False), ("compiled", True)):
+        model = ToyModel()
+        model.dropout.p = 0.0
+        trainer = toy_trainer(tmp_path / name, model=model, epochs=1, compile=compile)
+        result = trainer.fit()
+        assert result.step == 6 and math.isfinite(result.last_losses["loss"])
+        finals.append(weights(tmp_path / name / "last"))
+    compiled_modules = [m for m in model.modules() if hasattr(m, "_compiled_call_impl") and m._compiled_call_impl is not None]
+    assert compiled_modules, "compile=True did not compile the backbone"
+    for key, value in finals[0].items():
+        torch.testing.assert_close(finals[1][key], value, rtol=1e-4, atol=1e-5, msg=key)
