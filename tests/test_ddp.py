@@ -139,7 +139,8 @@ def test_torchrun_cli_smoke(tmp_path):
         f"--master_port={free_port()}", "-m", "sgmn.cli", "train",
         "--data", str(data), "--format", "lpr4m", "--model", "sgmn-tiny", "--out", str(run),
         "--epochs", "1", "--max-steps", "2", "--batch-size", "2",
-        "--set", "train.num_workers=0", "--set", "train.log_every=1", "--set", "train.val_fraction=0",
+        # validation on: 2 rooms -> 1 held out, so rank 1's validation shard is empty
+        "--set", "train.num_workers=0", "--set", "train.log_every=1",
         "--set", "train.grad_accum=2",  # exercises no_sync on the non-final micro-batch
         "--set", "model.vision.layers=1", "--set", "model.num_frames=4",
         "--set", f"train.text_cache_dir={tmp_path / 'text-cache'}",
@@ -149,6 +150,8 @@ def test_torchrun_cli_smoke(tmp_path):
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r["kind"] == "step"]
     assert [r["step"] for r in steps] == [1, 2]  # rank 0 alone writes: no duplicated rows
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert len(epochs) == 1 and epochs[0]["val"]["num_queries"] > 0  # sharded validation ran
     assert all(r["clips_per_s"] > 0 for r in steps)
     assert (run / "last" / "model.safetensors").is_file() and (run / "last" / "train_state.pt").is_file()
     state = torch.load(run / "last" / "train_state.pt", weights_only=False)
@@ -242,3 +245,45 @@ def test_a_rank_left_without_samples_stops_every_rank_with_the_same_error(tmp_pa
     mp.spawn(_skip_rank_main, args=(WORLD, free_port(), str(tmp_path), 1), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     assert all("every sample of a training batch was unreadable on rank(s)" in r.get("error", "") for r in ranks), ranks
+
+
+# ---- validation sharded by rooms ----------------------------------------------------------------
+
+
+def _val_rank_main(rank: int, world: int, port: int, out_dir: str, data_root: str) -> None:
+    from sgmn.data.readers import read_dataset
+    from sgmn.train.config import TrainConfig
+    from sgmn.train.loop import _sharded_validator
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        data = read_dataset(data_root, "lpr4m")
+        torch.manual_seed(0)
+        model = sgmn.create_model("sgmn-tiny", **{"vision.layers": 1, "num_frames": 4, "use_text": False}).eval()
+        validate = _sharded_validator(data, "test", None, TrainConfig(num_workers=0, val_batch_size=4))
+        with torch.no_grad():
+            torch.save(validate(model, 1), Path(out_dir) / f"val{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(400)
+def test_sharded_validation_equals_one_process(tmp_path):
+    from sgmn.data.readers import read_dataset
+    from sgmn.data.synthetic import generate, preset
+    from sgmn.eval.protocol import evaluate
+
+    root = tmp_path / "data"
+    generate(root, preset("easy", rooms=3, products_per_room=3, clips_per_product=1, frames_per_clip=4, image_size=64), progress=False)
+    mp.spawn(_val_rank_main, args=(WORLD, free_port(), str(tmp_path), str(root)), nprocs=WORLD, join=True)
+    shards = [torch.load(tmp_path / f"val{r}.pt", weights_only=False) for r in range(WORLD)]
+    torch.manual_seed(0)
+    model = sgmn.create_model("sgmn-tiny", **{"vision.layers": 1, "num_frames": 4, "use_text": False}).eval()
+    with torch.no_grad():
+        full = evaluate(model, read_dataset(root, "lpr4m"), split="test", batch_size=4, progress=False).metrics
+    assert shards[0] == shards[1]  # every rank learns the same metrics
+    assert shards[0]["num_queries"] == full["num_queries"] > 0
+    for key in ("R@1", "R@5", "median_rank", "mean_rank", "chance_R@1"):
+        assert shards[0][key] == pytest.approx(full[key], abs=1e-6), key

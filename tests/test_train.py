@@ -526,3 +526,34 @@ def test_compile_option_trains_like_eager(tmp_path):
     assert compiled_modules, "compile=True did not compile the backbone"
     for key, value in finals[0].items():
         torch.testing.assert_close(finals[1][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_text_cache_fill_encodes_only_this_ranks_share(tiny_lpr, tmp_path, monkeypatch):
+    # Under DDP each rank encodes every world_size-th text into the shared cache; together they
+    # cover every text exactly once (no rank encodes the corpus alone while the others wait).
+    from sgmn.data.readers import read_dataset
+    from sgmn.text import CachedTextEncoder
+    from sgmn.train import distributed as dist_utils
+    from sgmn.train.loop import _fill_text_cache
+
+    class Counting:
+        name, dim = "counting", 4
+
+        def __init__(self):
+            self.seen = []
+
+        def encode(self, texts):
+            self.seen += list(texts)
+            return np.ones((len(texts), 4), dtype=np.float32), np.ones(len(texts), dtype=bool)
+
+    data = read_dataset(tiny_lpr, "lpr4m")
+    seen = []
+    for rank in range(2):
+        monkeypatch.setattr(dist_utils, "rank", lambda r=rank: r)
+        monkeypatch.setattr(dist_utils, "world_size", lambda: 2)
+        inner = Counting()
+        _fill_text_cache(CachedTextEncoder(inner, tmp_path / "cache"), data, ["train", "test"])
+        seen.append(inner.seen)
+    assert seen[0] and seen[1] and not set(seen[0]) & set(seen[1])
+    texts = {c.asr for c in data.clips.values() if c.asr} | {p.title for p in data.products.values() if p.title}
+    assert set(seen[0]) | set(seen[1]) == texts
