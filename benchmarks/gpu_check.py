@@ -278,6 +278,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ranks", type=int, default=None, help="torchrun processes (default: every visible GPU; dry run 2)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the GPU's bf16 peak when not in the built-in table")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    ap.add_argument("--doc", type=Path, default=common.DOC, help="markdown file whose gpu-check section is rewritten (GPU runs only)")
     ap.add_argument("--torchrun-timeout", type=int, default=300)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", default=None, help=argparse.SUPPRESS)
@@ -328,10 +329,50 @@ def main(argv=None) -> int:
     report["total_s"] = round(time.perf_counter() - t0, 1)
     report["status"] = "passed" if all(report["checks"].values()) else "failed"
     args.json.write_text(json.dumps(report, indent=2, default=str))
+    if not dry and args.doc:
+        common.write_section("gpu-check", render(report), args.doc)
     for name, ok in report["checks"].items():
         print(f"[gpu_check] {'ok  ' if ok else 'FAIL'} {name}")
     print(f"[gpu_check] {report['status']} in {report['total_s']} s; report: {args.json}")
     return 0 if report["status"] == "passed" else 1
+
+
+def render(report: dict) -> str:
+    def fmt(x, spec):
+        return "–" if x is None else format(x, spec)
+
+    rows = []
+    for name, phase in report["phases"].items():
+        if "error" in phase:
+            rows.append([name, "–", "–", "error", "–", "–", "–"])
+            continue
+        losses = phase.get("losses") or []
+        mem = phase.get("peak_memory_bytes")
+        rows.append([
+            name, phase.get("ranks"), phase.get("global_batch"),
+            f"{losses[0]:.3f} → {losses[-1]:.3f}" if losses else "–", fmt(phase.get("clips_per_s"), ".1f"),
+            common.human_bytes(mem) if mem else "–", fmt(phase.get("eval", {}).get("R@1"), ".1f"),
+        ])
+    table = common.markdown_table(["phase", "GPUs", "global batch", "loss first → last", "clips/s", "peak memory / GPU", "R@1 (train clips)"], rows)
+    vit = report.get("vit", {})
+    share = vit.get("share_of_peak")
+    vit_line = (
+        f"ViT forward (bf16, {vit.get('images')} images): {fmt(vit.get('achieved_tflops'), '.0f')} TFLOP/s"
+        + (f" = {100 * share:.0f}% of the bf16 peak ({vit['peak_bf16_tflops']:.0f} TFLOP/s); goal ≥ 40%" if share is not None else "")
+    )
+    failed = [k for k, ok in report["checks"].items() if not ok]
+    return f"""## GPU check (`benchmarks/gpu_check.py`)
+
+`{report['command']}` — {common.machine_markdown(report['machine'])}; GPUs: {', '.join(report.get('gpus', []))}
+
+`{report['model']}`, random weights, {report['steps']} optimiser steps per phase, {report['batch_size_per_rank']}
+clips per GPU, learnable in-memory data (see the script). Status: **{report['status']}**
+({report['total_s']} s){'; failed: ' + ', '.join(failed) if failed else ''}.
+
+{table}
+
+{vit_line}.
+"""
 
 
 def _print_phase(name: str, phase: dict) -> None:

@@ -111,6 +111,14 @@ def step(graph, cross, cfg, G: int, rows: int) -> float:
 
 
 def run_in_subprocess(G: int, mode: str, smoke: bool, threads: int) -> dict:
+    if smoke:  # tiny sizes: in this process (the numbers are not meant to be read, only the logic)
+        import sgmn.model.graph as graph_module
+
+        block = graph_module.MATCHING_BLOCK_ELEMENTS
+        try:
+            return measure_one(G, mode, smoke, threads)
+        finally:
+            graph_module.MATCHING_BLOCK_ELEMENTS = block
     cmd = [sys.executable, __file__, "--one", str(G), mode, "--threads", str(threads)] + (["--smoke"] if smoke else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
