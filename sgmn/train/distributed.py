@@ -2,8 +2,8 @@
 
 Batch-wide losses (graph interaction, hard-example mining, contrastive and triplet terms) must
 see the *global* batch. ``all_gather_with_grad`` concatenates every rank's tensor in rank order
-and routes gradients back to the rank that produced each slice. Its backward all-reduces (sums)
-the incoming gradient before taking the local slice: every rank computes the same global loss,
+and routes gradients back to the rank that produced each slice. Its backward sums the incoming
+gradient over ranks and keeps the local slice (one reduce-scatter): every rank computes the same global loss,
 so the local slice receives ``world_size * dL/dx``, and DDP's gradient averaging divides that by
 ``world_size`` again. The result equals single-process training on the concatenated batch.
 """
@@ -46,10 +46,11 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = dist.get_rank() * ctx.batch
-        return grad[start : start + ctx.batch]
+        # Sum over ranks, keeping only this rank's slice: a reduce-scatter moves 1/world of the
+        # data an all-reduce of the whole gathered gradient would.
+        out = grad.new_empty((ctx.batch, *grad.shape[1:]))
+        dist.reduce_scatter_tensor(out, grad.contiguous(), op=dist.ReduceOp.SUM)
+        return out
 
 
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
