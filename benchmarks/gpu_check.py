@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -113,7 +114,8 @@ def train_once(model_name: str, precision: str, steps: int, batch_size: int, dry
     cfg = TrainConfig(
         # random weights: the backbone learns at 0.1 x lr (the pretrained recipe's 1e-3 would keep it still)
         epochs=1, batch_size=batch_size, precision=precision, lr=1e-3 if dry_run else 3e-4, backbone_lr_factor=0.1,
-        warmup_ratio=0.1, num_workers=0 if dry_run else 2, log_every=1 if dry_run else 2, val_fraction=0.0,
+        warmup_ratio=0.1, num_workers=0 if dry_run else max(1, min(4, (os.cpu_count() or 2) // world)),
+        log_every=1 if dry_run else 2, val_fraction=0.0,
         device="cpu" if dry_run else "auto",
     )
     data = LearnablePairs(model.config, steps * batch_size * world)
@@ -121,9 +123,15 @@ def train_once(model_name: str, precision: str, steps: int, batch_size: int, dry
     cuda = trainer.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(trainer.device)
+        torch.cuda.set_sync_debug_mode("warn")  # count the host syncs the loop makes
     t0 = time.perf_counter()
-    result = trainer.fit()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = trainer.fit()
     wall = time.perf_counter() - t0
+    if cuda:
+        torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
     rows = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()] if dist_utils.rank() == 0 else []
     steps_rows = [r for r in rows if r["kind"] == "step"]
     losses = [r["loss"] for r in steps_rows]
@@ -137,6 +145,10 @@ def train_once(model_name: str, precision: str, steps: int, batch_size: int, dry
         "falling": bool(losses) and statistics.mean(losses[-third:]) < statistics.mean(losses[:third]),
         "clips_per_s": statistics.median(speeds) if speeds else None,
         "peak_memory_bytes": torch.cuda.max_memory_allocated(trainer.device) if cuda else None,
+        # host syncs seen by torch.cuda.set_sync_debug_mode over the run (log steps, the fp16
+        # GradScaler's inf check and checkpointing included), and where the first ones came from
+        "host_syncs": len(syncs) if cuda else None,
+        "host_sync_sites": sorted({f"{Path(w.filename).name}:{w.lineno}" for w in syncs})[:20] if cuda else None,
         "device": torch.cuda.get_device_name(trainer.device) if cuda else "cpu",
     }
     if dist_utils.rank() == 0:
