@@ -356,7 +356,7 @@ def render(report: dict) -> str:
     rows = []
     for name, phase in report["phases"].items():
         if "error" in phase:
-            rows.append([name, "–", "–", "error", "–", "–", "–"])
+            rows.append([name, "–", "–", "error", "–", "–", "–", "–"])
             continue
         losses = phase.get("losses") or []
         mem = phase.get("peak_memory_bytes")
@@ -364,8 +364,9 @@ def render(report: dict) -> str:
             name, phase.get("ranks"), phase.get("global_batch"),
             f"{losses[0]:.3f} → {losses[-1]:.3f}" if losses else "–", fmt(phase.get("clips_per_s"), ".1f"),
             common.human_bytes(mem) if mem else "–", fmt(phase.get("eval", {}).get("R@1"), ".1f"),
+            "–" if phase.get("host_syncs") is None else f"{phase['host_syncs']} in {phase.get('steps')} steps",
         ])
-    table = common.markdown_table(["phase", "GPUs", "global batch", "loss first → last", "clips/s", "peak memory / GPU", "R@1 (train clips)"], rows)
+    table = common.markdown_table(["phase", "GPUs", "global batch", "loss first → last", "clips/s", "peak memory / GPU", "R@1 (train clips)", "host syncs (rank 0)"], rows)
     vit = report.get("vit", {})
     share = vit.get("share_of_peak")
     vit_line = (
@@ -375,7 +376,9 @@ def render(report: dict) -> str:
     failed = [k for k, ok in report["checks"].items() if not ok]
     return f"""## GPU check (`benchmarks/gpu_check.py`)
 
-`{report['command']}` — {common.machine_markdown(report['machine'])}; GPUs: {', '.join(report.get('gpus', []))}
+Command: `{report['command']}`; GPUs: {', '.join(report.get('gpus', []))}
+
+{common.machine_markdown(report['machine'])}
 
 `{report['model']}`, random weights, {report['steps']} optimiser steps per phase, {report['batch_size_per_rank']}
 clips per GPU, learnable in-memory data (see the script). Status: **{report['status']}**

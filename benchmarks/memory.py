@@ -30,6 +30,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -126,14 +127,20 @@ def run_in_subprocess(G: int, mode: str, smoke: bool, threads: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def largest_g(points: list[tuple[int, int]], budget: float, per_rank: int) -> tuple[int, list[float]]:
-    """Largest multiple of ``per_rank`` whose fitted peak (a + bG + cG²) stays within budget."""
+def largest_g(points: list[tuple[int, int]], budget: float, per_rank: int) -> tuple[Optional[int], list[float]]:
+    """Largest multiple of ``per_rank`` whose fitted peak stays within budget.
+
+    The fit is a + bG + cG² (memory cannot shrink as G grows: a negative c, which three noisy
+    points can give, falls back to the linear fit a + bG). None when the fit does not grow."""
     G = np.array([g for g, _ in points], dtype=float)
     y = np.array([b for _, b in points], dtype=float)
-    degree = 2 if len(points) >= 3 else 1
-    coef = np.polyfit(G, y, degree)[::-1].tolist()  # a, b(, c)
+    coef = np.polyfit(G, y, 2)[::-1].tolist() if len(points) >= 3 else [0.0, 0.0, -1.0]
+    if coef[2] < 0:
+        coef = np.polyfit(G, y, 1)[::-1].tolist()  # a, b
+    if all(c <= 0 for c in coef[1:]):
+        return None, coef
     g = per_rank
-    while sum(c * (g + per_rank) ** i for i, c in enumerate(coef)) <= budget and g < 10**7:
+    while sum(c * (g + per_rank) ** i for i, c in enumerate(coef)) <= budget:
         g += per_rank
     return g, coef
 
@@ -146,10 +153,17 @@ def main(argv=None) -> int:
     ap.add_argument("--replicated", type=int, nargs="*", default=None, help="global batch sizes, replicated mode")
     ap.add_argument("--doc", type=Path, default=common.DOC)
     ap.add_argument("--out", type=Path, default=common.OUT_DIR)
+    ap.add_argument("--from-json", type=Path, default=None, help="re-fit and re-render an earlier run's memory.json")
     ap.add_argument("--one", nargs=2, metavar=("G", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
         print(json.dumps(measure_one(int(args.one[0]), args.one[1], args.smoke, args.threads)))
+        return 0
+    if args.from_json:
+        result = json.loads(args.from_json.read_text())
+        result["fits"] = fit_all(result["rows"], result["per_rank"])
+        args.from_json.write_text(json.dumps(result, indent=2))
+        common.write_section("memory", render(result), args.doc)
         return 0
 
     per_rank = heads_sizes(args.smoke)["per_rank"]
@@ -161,18 +175,24 @@ def main(argv=None) -> int:
             r = run_in_subprocess(G, mode, args.smoke, args.threads)
             print(f"[memory] {mode:10s} G={G:5d}: peak {common.human_bytes(r['peak_bytes'])} per rank", flush=True)
             rows.append(r)
+    fits = fit_all(rows, per_rank)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {"rows": rows, "fits": fits, "per_rank": per_rank, "smoke": args.smoke, "machine": common.machine_info(),
+              "command": common.command_line()}
+    (args.out / "memory.json").write_text(json.dumps(result, indent=2))
+    if not args.smoke:
+        common.write_section("memory", render(result), args.doc)
+    return 0
+
+
+def fit_all(rows: list[dict], per_rank: int) -> dict:
     fits = {}
     for mode in ("sharded", "replicated"):
         pts = [(r["G"], r["peak_bytes"]) for r in rows if r["mode"] == mode]
         g, coef = largest_g(pts, BUDGET_BYTES, per_rank)
         fits[mode] = {"largest_G_in_80GB": g, "fit_a_b_c": coef}
-        print(f"[memory] {mode}: largest G in 80 GB (fit a + bG + cG^2) = {g}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = {"rows": rows, "fits": fits, "per_rank": per_rank, "smoke": args.smoke, "machine": common.machine_info()}
-    (args.out / "memory.json").write_text(json.dumps(result, indent=2))
-    if not args.smoke:
-        common.write_section("memory", render(result), args.doc)
-    return 0
+        print(f"[memory] {mode}: largest G in 80 GB ({'a + bG + cG^2' if len(coef) > 2 else 'a + bG'}) = {g}")
+    return fits
 
 
 def render(result: dict) -> str:
@@ -187,11 +207,16 @@ def render(result: dict) -> str:
     fs, fr = result["fits"]["sharded"], result["fits"]["replicated"]
 
     def per_g(coef):
-        return f"{common.human_bytes(coef[1])} per G" + (f" + {coef[2]:.0f} B x G²" if len(coef) > 2 else "")
+        return f"{common.human_bytes(coef[0])} + {common.human_bytes(coef[1])} x G" + (
+            f" + {coef[2]:.0f} B x G²" if len(coef) > 2 else " (linear: the fitted G² term came out negative)"
+        )
 
+    command = result.get("command") or "python benchmarks/memory.py --threads 2"
     return f"""## Memory of the GCI and SMF heads per rank vs the global batch
 
-`{common.command_line()}` — {common.machine_markdown(result["machine"])}
+Command: `{command}`
+
+{common.machine_markdown(result["machine"])}
 
 Peak memory (RSS above the baseline, fp32, CPU) of one forward + backward of the two batch-wide
 heads alone, at `sgmn-vitb32` sizes (d = 512, T = 10, N = 50), as one rank of a job with 32
@@ -201,9 +226,12 @@ its own 32 products); *replicated*: every rank computing all G rows in one block
 
 {table}
 
-Fit (a + bG + cG²): sharded {per_g(fs["fit_a_b_c"])}; replicated {per_g(fr["fit_a_b_c"])}.
+Fits: sharded {per_g(fs["fit_a_b_c"])}; replicated {per_g(fr["fit_a_b_c"])}.
 **Largest global batch whose heads fit in 80 GB per rank** (extrapolated from the fit, fp32):
-sharded G ≈ {fs["largest_G_in_80GB"]}, replicated G ≈ {fr["largest_G_in_80GB"]}. The sharded
+sharded G ≈ {fs["largest_G_in_80GB"]}, replicated G ≈ {fr["largest_G_in_80GB"]}. The replicated
+figure is optimistic: up to G = 128 its cost is dominated by the cross encoder on all G products
+(linear), while its (G, G, T, N) matching blocks grow with G² beyond what was measured (the
+replicated run stops at 128 to stay within this machine's memory). The sharded
 heads' linear part is the gathered tokens (about 1 MiB per clip in fp32: T·N·d floats) and
 their gradients; the remaining G² part is the graph layer's attention over the 2G nodes
 (heads x 2G x 2G) and the G x G relevance and loss matrices. bf16 autocast halves most of it.
