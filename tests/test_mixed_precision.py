@@ -74,3 +74,24 @@ def test_half_precision_losses_match_fp32_closely():
     assert ref.keys() == half.keys()
     for k in ref:
         assert abs(float(half[k]) - float(ref[k])) <= 0.05 * abs(float(ref[k])) + 0.02, (k, float(half[k]), float(ref[k]))
+
+
+def test_the_cuda_path_for_padded_frames_equals_selecting_real_frames():
+    # On CUDA the backbone runs on every frame and the padding is zeroed (no host sync); on the
+    # CPU the real frames are selected. Both give the same tokens and gradients (run here on CPU).
+    from sgmn.model.sgmn import run_backbone_on_real_frames
+
+    model = tiny(**{"vision.layers": 2})
+    batch = make_batch(B=4)  # clips with 4, 3, 2 and 1 real frames
+    patch_mask = batch["patch_mask"].clone()
+    patch_mask[1, 3] = False  # a padded frame whose patch mask is empty
+    results = []
+    for compute_padding in (False, True):
+        frames = batch["frames"].clone().requires_grad_()
+        tokens = run_backbone_on_real_frames(model.backbone, frames, batch["frame_mask"], patch_mask, compute_padding=compute_padding)
+        (tokens * torch.linspace(-1, 1, tokens.shape[-1])).sum().backward()
+        results.append((tokens.detach(), frames.grad))
+    (selected, g_selected), (computed, g_computed) = results
+    assert torch.all(computed[~batch["frame_mask"]] == 0)
+    torch.testing.assert_close(computed, selected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_computed, g_selected, rtol=1e-5, atol=1e-6)

@@ -42,6 +42,7 @@ def run_backbone_on_real_frames(
     frame_mask: torch.Tensor,
     patch_mask: Optional[torch.Tensor],
     include_padding: bool = False,
+    compute_padding: Optional[bool] = None,
 ) -> torch.Tensor:
     """(B,T,3,S,S) frames -> (B,T,N,d) tokens; padded frames are not computed and stay exactly 0.
 
@@ -54,9 +55,10 @@ def run_backbone_on_real_frames(
     if include_padding:
         keep = patch_mask.flatten(0, 1) if patch_mask is not None else None
         return backbone(frames.flatten(0, 1), keep).reshape(B, T, *backbone_token_shape(backbone))
-    if frames.is_cuda:
+    if frames.is_cuda if compute_padding is None else compute_padding:
         # Selecting the real frames needs their count on the host (a sync that stalls the GPU
-        # queue, and a dynamic shape for torch.compile): compute every frame, zero the padding.
+        # queue, and a dynamic shape for torch.compile): on CUDA (the default) every frame is
+        # computed and the padding zeroed. Same result.
         keep = patch_mask.flatten(0, 1) if patch_mask is not None else None
         if keep is not None:
             keep = keep | ~frame_mask.flatten(0, 1)[:, None]  # a padded frame's mask may be empty
