@@ -684,11 +684,12 @@ def _sharded_validator(data, val_split: str, text_val, cfg: TrainConfig) -> Vali
         rankings, ground_truth, skipped = {}, {}, 0
         if ids:
             shard = dataclasses.replace(data, splits={**data.splits, val_split: ids})
-            result = evaluate(
-                model, shard, split=val_split, mode="video", gallery="main", batch_size=cfg.val_batch_size,
-                device=resolve_device(cfg.device), text=text_val, num_workers=cfg.num_workers,
-                progress=dist_utils.rank() == 0,
-            )
+            device = resolve_device(cfg.device)
+            with _autocast(device, cfg.resolve_precision(device.type)):  # as in training
+                result = evaluate(
+                    model, shard, split=val_split, mode="video", gallery="main", batch_size=cfg.val_batch_size,
+                    device=device, text=text_val, num_workers=cfg.num_workers, progress=dist_utils.rank() == 0,
+                )
             rankings, ground_truth = result.rankings, result.ground_truth
             skipped = int(result.metrics.get("num_skipped_unreadable") or 0)
         parts = dist_utils.all_gather_object((rankings, ground_truth, skipped))
