@@ -7,6 +7,7 @@ Every run writes into tmp_path: the repository's docs/benchmarks.md is never tou
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -133,3 +134,26 @@ def test_accuracy_smoke_trains_every_model_and_writes_its_section(tmp_path):
     assert [r["R@1"] for r in again["main"]] == [r["R@1"] for r in rows]
     assert all(r["from_cache"] for r in again["main"]) and not any(r["from_cache"] for r in rows)
     assert "runs were read from the results cache" in doc.read_text()
+
+
+def test_memory_smoke_measures_both_modes_and_fits(tmp_path):
+    import memory
+
+    assert memory.main(["--smoke", "--out", str(tmp_path), "--threads", "1"]) == 0
+    result = json.loads((tmp_path / "memory.json").read_text())
+    modes = {(r["mode"], r["G"]) for r in result["rows"]}
+    assert modes == {(m, g) for m in ("sharded", "replicated") for g in (4, 8, 16)}
+    assert all(r["peak_bytes"] >= 0 and math.isfinite(r["loss"]) for r in result["rows"])
+    # the sharded mode really computes only this rank's rows
+    assert {r["rows"] for r in result["rows"] if r["mode"] == "sharded"} == {4}
+    assert {r["rows"] for r in result["rows"] if r["mode"] == "replicated"} == {4, 8, 16}
+    assert set(result["fits"]) == {"sharded", "replicated"}
+
+
+def test_largest_g_solves_the_fitted_budget():
+    import memory
+
+    # peak = 1 GB + 0.5 GB per clip: 80 GB allows G = 158 -> 156 in steps of 4
+    points = [(g, 1e9 + 0.5e9 * g) for g in (4, 8, 16, 32)]
+    g, coef = memory.largest_g(points, 80e9, 4)
+    assert g == 156 and abs(coef[1] - 0.5e9) < 1e3

@@ -138,8 +138,9 @@ def test_torchrun_cli_smoke(tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
         f"--master_port={free_port()}", "-m", "sgmn.cli", "train",
         "--data", str(data), "--format", "lpr4m", "--model", "sgmn-tiny", "--out", str(run),
-        "--epochs", "1", "--max-steps", "2", "--batch-size", "2",
-        "--set", "train.num_workers=0", "--set", "train.log_every=1", "--set", "train.val_fraction=0",
+        "--epochs", "2", "--max-steps", "2", "--batch-size", "2",
+        # validation on: 2 rooms -> 1 held out, so rank 1's validation shard is empty
+        "--set", "train.num_workers=0", "--set", "train.log_every=1",
         "--set", "train.grad_accum=2",  # exercises no_sync on the non-final micro-batch
         "--set", "model.vision.layers=1", "--set", "model.num_frames=4",
         "--set", f"train.text_cache_dir={tmp_path / 'text-cache'}",
@@ -149,9 +150,140 @@ def test_torchrun_cli_smoke(tmp_path):
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r["kind"] == "step"]
     assert [r["step"] for r in steps] == [1, 2]  # rank 0 alone writes: no duplicated rows
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert len(epochs) == 2 and all(r["val"]["num_queries"] > 0 for r in epochs)  # sharded validation ran
     assert all(r["clips_per_s"] > 0 for r in steps)
     assert (run / "last" / "model.safetensors").is_file() and (run / "last" / "train_state.pt").is_file()
     state = torch.load(run / "last" / "train_state.pt", weights_only=False)
     assert state["world_size"] == 2 and len(state["rng"]) == 2 and state["step"] == 2
     loaded = sgmn.load_model(run / "last")
     assert loaded.config.vision.layers == 1
+
+
+# ---- a sample dropped on one rank only --------------------------------------------------------
+
+
+class _GatherToy(torch.nn.Module):
+    """A batch-wide loss over the all-gathered batch: ranks with different batch sizes would hang
+    (or fail) in the all-gather, as SGMN's losses would."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = torch.nn.Linear(4, 4)
+
+    def forward(self, batch):
+        from sgmn.train.distributed import all_gather_with_grad
+
+        z = all_gather_with_grad(self.backbone(batch["x"]))
+        loss = (z @ z.t()).logsumexp(dim=1).mean()
+        return {"loss": loss, "losses": {"nce": loss}}
+
+    def save_pretrained(self, folder):
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / "model.safetensors"))
+
+
+class _PairsWithAnUnreadableSample(torch.utils.data.Dataset):
+    def __init__(self, n, bad):
+        self.x = torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
+        self.bad = bad
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        from sgmn.data.dataset import SkippedSample
+
+        if i == self.bad:
+            return SkippedSample(i, f"sample {i}: unreadable video")
+        return {"x": self.x[i], "labels": torch.tensor(i)}
+
+
+def _skip_rank_main(rank: int, world: int, port: int, out_dir: str, batch_size: int) -> None:
+    from sgmn.data.dataset import collate
+    from sgmn.errors import DataError
+    from sgmn.train.config import TrainConfig
+    from sgmn.train.loop import Trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        cfg = TrainConfig(batch_size=batch_size, epochs=1, num_workers=0, log_every=1, lr=1e-2, on_error="skip")
+        trainer = Trainer(_GatherToy(), _PairsWithAnUnreadableSample(16, bad=5), cfg, Path(out_dir) / "run", collate_fn=collate)
+        try:
+            result = trainer.fit()
+            outcome = {"step": result.step, "skipped": trainer.skipped, "weights": {k: v.clone() for k, v in trainer.model.state_dict().items()}}
+        except DataError as e:
+            outcome = {"error": str(e)}
+        torch.save(outcome, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(300)
+def test_a_sample_skipped_on_one_rank_neither_hangs_nor_desyncs(tmp_path):
+    # 16 samples, 2 ranks, batches of 4: one rank's batch loses sample 5. Both ranks trim that
+    # micro-batch to 3, count 1 unreadable + 1 trimmed sample, and end with the same weights.
+    mp.spawn(_skip_rank_main, args=(WORLD, free_port(), str(tmp_path), 4), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    assert [r.get("error") for r in ranks] == [None, None]
+    assert [r["step"] for r in ranks] == [2, 2]
+    assert [r["skipped"] for r in ranks] == [2, 2]
+    for key, value in ranks[0]["weights"].items():
+        torch.testing.assert_close(ranks[1]["weights"][key], value, rtol=0, atol=0, msg=key)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["skipped_samples"] for r in rows if r["kind"] == "epoch"] == [2]
+
+
+@pytest.mark.timeout(300)
+def test_a_rank_left_without_samples_stops_every_rank_with_the_same_error(tmp_path):
+    # Batches of 1: the rank that draws sample 5 has nothing to train on; every rank raises.
+    mp.spawn(_skip_rank_main, args=(WORLD, free_port(), str(tmp_path), 1), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    assert all("every sample of a training batch was unreadable on rank(s)" in r.get("error", "") for r in ranks), ranks
+
+
+# ---- validation sharded by rooms ----------------------------------------------------------------
+
+
+def _val_rank_main(rank: int, world: int, port: int, out_dir: str, data_root: str) -> None:
+    from sgmn.data.readers import read_dataset
+    from sgmn.train.config import TrainConfig
+    from sgmn.train.loop import _sharded_validator
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        data = read_dataset(data_root, "lpr4m")
+        torch.manual_seed(0)
+        model = sgmn.create_model("sgmn-tiny", **{"vision.layers": 1, "num_frames": 4, "use_text": False}).eval()
+        validate = _sharded_validator(data, "test", None, TrainConfig(num_workers=0, val_batch_size=4))
+        with torch.no_grad():
+            torch.save(validate(model, 1), Path(out_dir) / f"val{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(400)
+def test_sharded_validation_equals_one_process(tmp_path):
+    from sgmn.data.readers import read_dataset
+    from sgmn.data.synthetic import generate, preset
+    from sgmn.eval.protocol import evaluate
+
+    root = tmp_path / "data"
+    generate(root, preset("easy", rooms=3, products_per_room=3, clips_per_product=1, frames_per_clip=4, image_size=64), progress=False)
+    mp.spawn(_val_rank_main, args=(WORLD, free_port(), str(tmp_path), str(root)), nprocs=WORLD, join=True)
+    shards = [torch.load(tmp_path / f"val{r}.pt", weights_only=False) for r in range(WORLD)]
+    torch.manual_seed(0)
+    model = sgmn.create_model("sgmn-tiny", **{"vision.layers": 1, "num_frames": 4, "use_text": False}).eval()
+    with torch.no_grad():
+        full = evaluate(model, read_dataset(root, "lpr4m"), split="test", batch_size=4, progress=False).metrics
+    assert shards[0] == shards[1]  # every rank learns the same metrics
+    assert shards[0]["num_queries"] == full["num_queries"] > 0
+    for key in ("R@1", "R@5", "median_rank", "mean_rank", "chance_R@1"):
+        assert shards[0][key] == pytest.approx(full[key], abs=1e-6), key

@@ -164,3 +164,39 @@ def test_deterministic_under_seed():
         outs.append((out.v_tilde, out.relevance, graph.losses(out, torch.arange(G))["gnn"]))
     for a, b in zip(*outs):
         assert torch.equal(a, b)
+
+
+def test_chunked_frame_level_matching_equals_one_block_in_values_and_gradients():
+    # The chunked path (clips in blocks, each checkpointed) must give the same profile and the
+    # same gradients as one (G, G, T, N) block, while holding only a block at a time.
+    _, _, frames, mask, products = _inputs()
+    for direction in ("clip", "product"):
+        results = []
+        for block in (None, "one clip per chunk"):
+            f, p = frames.clone().requires_grad_(), products.clone().requires_grad_()
+            kwargs = {} if block is None else {"block_elements": G * T * N}  # G products x T x N: 1 clip/chunk
+            out = frame_level_matching(f, mask, p, K, direction, **kwargs)
+            (out * torch.arange(out.numel()).reshape(out.shape).sin()).sum().backward()
+            results.append((out.detach(), f.grad, p.grad))
+        (ref, ref_f, ref_p), (chunked, ch_f, ch_p) = results
+        torch.testing.assert_close(chunked, ref)
+        torch.testing.assert_close(ch_f, ref_f)
+        torch.testing.assert_close(ch_p, ref_p)
+        assert ref_f.abs().sum() > 0 and ref_p.abs().sum() > 0
+
+
+def test_chunked_frame_level_matching_holds_one_block_in_memory(monkeypatch):
+    import sgmn.model.graph as graph_module
+
+    calls = []
+    block = graph_module.frame_level_matching_block
+
+    def spy(frame_tokens, *args, **kwargs):
+        calls.append(frame_tokens.shape[0])
+        return block(frame_tokens, *args, **kwargs)
+
+    monkeypatch.setattr(graph_module, "frame_level_matching_block", spy)
+    _, _, frames, mask, products = _inputs()
+    with torch.no_grad():
+        frame_level_matching(frames, mask, products, K, "clip", block_elements=2 * G * T * N)
+    assert calls == [2, 2, 2]  # three blocks of two clips: never the whole (G, G, T, N)

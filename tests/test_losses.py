@@ -208,3 +208,34 @@ def test_losses_run_in_float32_under_autocast():
         assert m.dtype == torch.float32
         assert abs(m.item() - e.item()) < 0.05 * abs(e.item()) + 1e-2
     assert mixed[0].item() >= 0
+
+
+def _pairs_triplet(anchors, candidates, a_lab, c_lab, margin):
+    """Autograd reference that selects the (anchor, positive) pairs and forms the (P, C) hinge."""
+    dist = torch.cdist(F.normalize(anchors, dim=-1), F.normalize(candidates, dim=-1))
+    same = a_lab[:, None] == c_lab[None, :]
+    w = negative_sampling_weights(dist, ~same, anchors.shape[1])
+    i, j = same.nonzero(as_tuple=True)
+    hinge = F.relu(dist[i, j][:, None] - dist[i] + margin)
+    per_pair = (hinge * w[i]).sum(1) / same.sum(1)[i]
+    return torch.zeros(len(anchors)).index_add(0, i, per_pair).mean()
+
+
+def test_sorted_cumulative_triplet_equals_the_pairwise_hinge_in_value_and_gradient():
+    # The sync-free (sort + cumulative sums) evaluation of the expectation over negatives must
+    # give the hinge formula's value and gradients, with repeated labels, ties and any margin.
+    g = torch.Generator().manual_seed(0)
+    for trial in range(12):
+        A, C = 3 + trial, 5 + 2 * trial
+        x = torch.randn(A, 16, generator=g, requires_grad=True)
+        y = torch.randn(C, 16, generator=g)
+        if trial == 4:
+            y[1] = y[0]  # tied distances
+        y.requires_grad_(True)
+        a_lab, c_lab = torch.randint(0, 4, (A,), generator=g), torch.randint(0, 4, (C,), generator=g)
+        margin = 0.1 + 0.1 * trial
+        got = distance_weighted_triplet(x, y, a_lab, c_lab, margin=margin)
+        assert abs(got.item() - _reference_triplet(x.detach(), y.detach(), a_lab, c_lab, margin=margin)) < 1e-5
+        ref = _pairs_triplet(x, y, a_lab, c_lab, margin)
+        for mine, theirs in zip(torch.autograd.grad(got, (x, y)), torch.autograd.grad(ref, (x, y))):
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)

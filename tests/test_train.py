@@ -413,8 +413,30 @@ def test_bf16_autocast_on_cpu_trains(tmp_path):
     result = toy_trainer(tmp_path / "run", model=model, precision="bf16", epochs=1).fit()
     assert result.step == 6 and math.isfinite(result.last_losses["loss"])
     assert dtypes == {torch.bfloat16}  # the forward really ran under bf16 autocast
-    with pytest.raises(ValueError, match="fp16 needs CUDA"):
-        toy_trainer(tmp_path / "run2", precision="fp16")
+
+
+def test_fp16_autocast_on_cpu_trains_with_a_grad_scaler(tmp_path):
+    model = ToyModel()
+    dtypes = set()
+    model.head.register_forward_hook(lambda module, args, output: dtypes.add(output.dtype))
+    trainer = toy_trainer(tmp_path / "run", model=model, precision="fp16", epochs=1)
+    assert trainer.scaler.is_enabled()
+    result = trainer.fit()
+    assert result.step == 6 and math.isfinite(result.last_losses["loss"])
+    assert dtypes == {torch.float16}
+
+
+def test_auto_precision_and_determinism_follow_the_device(tmp_path):
+    cfg = TrainConfig()
+    assert cfg.precision == "auto" and cfg.deterministic is None and cfg.tf32
+    # CPU runs stay fp32 and bit-identical; CUDA defaults to bf16 (fp16 without bf16) and fast kernels
+    assert cfg.resolve_precision("cpu") == "fp32" and cfg.resolve_deterministic("cpu") is True
+    assert cfg.resolve_deterministic("cuda") is False
+    assert TrainConfig(deterministic=True).resolve_deterministic("cuda") is True
+    assert TrainConfig(precision="fp32").resolve_precision("cuda") == "fp32"
+    trainer = toy_trainer(tmp_path / "run", epochs=1)
+    assert trainer.precision == "fp32" and not trainer.scaler.is_enabled()
+    assert torch.are_deterministic_algorithms_enabled()
 
 
 def test_too_small_training_set_is_a_clear_error(tmp_path):
@@ -558,3 +580,86 @@ def test_two_processes_with_the_same_seed_train_bit_identical_weights(tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
         hashes.append(done.stdout.strip().splitlines()[-1])
     assert hashes[0] == hashes[1]
+
+
+# ---- GPU-oriented options, exercised on CPU -----------------------------------------------------
+
+
+def test_activation_checkpointing_gives_the_same_gradients(monkeypatch):
+    from sgmn.train.loop import prepare_backbone
+    from test_model import make_batch, tiny
+
+    grads, used = [], []
+    real_checkpoint = torch.utils.checkpoint.checkpoint
+
+    def spy(*args, **kwargs):
+        used.append(1)
+        return real_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", spy)
+    for checkpointing in (False, True):
+        model = tiny(**{"vision.layers": 2, "dropout": 0.0, "use_gci": False})  # GCI checkpoints its own blocks
+        prepare_backbone(model, compile=False, activation_checkpointing=checkpointing)
+        model(make_batch())["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert len(used) >= 2  # the layers really went through checkpoint
+    assert grads[0].keys() == grads[1].keys() and any(k.startswith("backbone.vision_model") for k in grads[0])
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_options_without_a_backbone_are_a_clear_error(tmp_path):
+    class NoBackbone(ToyModel):
+        def __init__(self):
+            super().__init__()
+            del self.backbone
+
+    with pytest.raises(ValueError, match="activation_checkpointing.*has none"):
+        toy_trainer(tmp_path / "run", model=NoBackbone(), activation_checkpointing=True)
+
+
+def test_compile_option_trains_like_eager(tmp_path):
+    # torch.compile on the tiniest model (slow to compile on a CPU, fast to run): same weights.
+    finals = []
+    for name, compile in (("eager", False), ("compiled", True)):
+        model = ToyModel()
+        model.dropout.p = 0.0
+        trainer = toy_trainer(tmp_path / name, model=model, epochs=1, compile=compile)
+        result = trainer.fit()
+        assert result.step == 6 and math.isfinite(result.last_losses["loss"])
+        finals.append(weights(tmp_path / name / "last"))
+    compiled_modules = [m for m in model.modules() if hasattr(m, "_compiled_call_impl") and m._compiled_call_impl is not None]
+    assert compiled_modules, "compile=True did not compile the backbone"
+    for key, value in finals[0].items():
+        torch.testing.assert_close(finals[1][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_text_cache_fill_encodes_only_this_ranks_share(tiny_lpr, tmp_path, monkeypatch):
+    # Under DDP each rank encodes every world_size-th text into the shared cache; together they
+    # cover every text exactly once (no rank encodes the corpus alone while the others wait).
+    from sgmn.data.readers import read_dataset
+    from sgmn.text import CachedTextEncoder
+    from sgmn.train import distributed as dist_utils
+    from sgmn.train.loop import _fill_text_cache
+
+    class Counting:
+        name, dim = "counting", 4
+
+        def __init__(self):
+            self.seen = []
+
+        def encode(self, texts):
+            self.seen += list(texts)
+            return np.ones((len(texts), 4), dtype=np.float32), np.ones(len(texts), dtype=bool)
+
+    data = read_dataset(tiny_lpr, "lpr4m")
+    seen = []
+    for rank in range(2):
+        monkeypatch.setattr(dist_utils, "rank", lambda r=rank: r)
+        monkeypatch.setattr(dist_utils, "world_size", lambda: 2)
+        inner = Counting()
+        _fill_text_cache(CachedTextEncoder(inner, tmp_path / "cache"), data, ["train", "test"])
+        seen.append(inner.seen)
+    assert seen[0] and seen[1] and not set(seen[0]) & set(seen[1])
+    texts = {c.asr for c in data.clips.values() if c.asr} | {p.title for p in data.products.values() if p.title}
+    assert set(seen[0]) | set(seen[1]) == texts

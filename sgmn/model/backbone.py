@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from sgmn.errors import DataError
@@ -84,6 +85,9 @@ class VisionBackbone(nn.Module):
         self._layer_kwargs = {"causal_attention_mask": None} if "causal_attention_mask" in layer_params else {}
         if vision.freeze:
             self.vision_model.requires_grad_(False)
+        # Recompute each encoder layer in the backward pass instead of storing its activations
+        # (a training option: sgmn train --set train.activation_checkpointing=true).
+        self.activation_checkpointing = False
 
     @property
     def num_tokens(self) -> int:
@@ -95,8 +99,11 @@ class VisionBackbone(nn.Module):
         if keep_mask.shape != (m, n):
             raise ValueError(f"keep_mask must be (M, N) = ({m}, {n}), got {tuple(keep_mask.shape)}")
         keep = keep_mask.to(device=hidden.device, dtype=torch.bool)
-        if not bool(keep[:, 0].all()):
-            # CLS is the image feature: with it masked it could see nothing of itself.
+        # CLS is the image feature: with it masked it could see nothing of itself. On CUDA the
+        # check is asynchronous (no host sync); the error then surfaces at the next sync.
+        if keep.is_cuda:
+            torch._assert_async(keep[:, 0].all(), "keep_mask must keep token 0 (CLS) of every image")
+        elif not bool(keep[:, 0].all()):
             raise ValueError("keep_mask must keep token 0 (CLS) of every image")
         keys = keep[:, None, None, :].expand(m, 1, n, n)
         if getattr(self.vision_model.config, "_attn_implementation", None) == "eager":
@@ -116,10 +123,15 @@ class VisionBackbone(nn.Module):
         hidden = tower.embeddings(pixels)
         hidden = tower.pre_layrnorm(hidden)
         mask = None
-        if keep_mask is not None and not bool(keep_mask.all()):
+        # On CUDA a mask is always passed (asking whether it is all-True would wait for the GPU).
+        if keep_mask is not None and (keep_mask.is_cuda or not bool(keep_mask.all())):
             mask = self._attention_mask(keep_mask, hidden)
+        checkpointing = self.activation_checkpointing and torch.is_grad_enabled() and self.training
         for layer in tower.encoder.layers:
-            out = layer(hidden, mask, **self._layer_kwargs)
+            if checkpointing:
+                out = torch.utils.checkpoint.checkpoint(layer, hidden, mask, use_reentrant=False, **self._layer_kwargs)
+            else:
+                out = layer(hidden, mask, **self._layer_kwargs)
             hidden = out[0] if isinstance(out, tuple) else out
         hidden = tower.post_layernorm(hidden)
         return self.proj(hidden)

@@ -61,7 +61,8 @@ TextInput = Union[Sequence[Optional[str]], torch.Tensor, np.ndarray, None]
 
 def l2n(x: torch.Tensor) -> torch.Tensor:
     """L2-normalise the last axis; a zero vector stays zero (never NaN)."""
-    return F.normalize(x, dim=-1, eps=1e-12)
+    # In float32: under fp16 autocast eps = 1e-12 rounds to 0 (a zero row would give 0/0).
+    return F.normalize(x.float(), dim=-1, eps=1e-12).to(x.dtype)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

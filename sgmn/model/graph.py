@@ -28,15 +28,19 @@ from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from .config import SGMNConfig
-from .losses import bidirectional_triplet, relation_kl
+from .losses import bidirectional_triplet, full_precision, relation_kl
 
 Direction = Literal["clip", "product"]
 
 
 def _l2_normalise_over(x: torch.Tensor, dim: int, eps: float = 1e-8) -> torch.Tensor:
+    # In float32: under fp16 autocast eps = 1e-8 rounds to 0 and squares of small similarities
+    # underflow, so padded rows would give 0/0 = NaN in the backward pass.
+    x = x.float()
     return x / x.norm(dim=dim, keepdim=True).clamp(min=eps)
 
 
@@ -57,7 +61,44 @@ def _topk_with_mean(values: torch.Tensor, keep: torch.Tensor, k: int) -> torch.T
     return torch.cat([top, mean], dim=-1)
 
 
+# Elements of one (clips, products, T, N) similarity block: frame-level matching runs over chunks
+# of clips of at most this size, so its memory does not grow with G x G (see frame_level_matching).
+MATCHING_BLOCK_ELEMENTS = 2**24
+
+
 def frame_level_matching(
+    frame_tokens: torch.Tensor,
+    frame_mask: Optional[torch.Tensor],
+    product_tokens: torch.Tensor,
+    topk: int,
+    direction: Direction = "clip",
+    product_mask: Optional[torch.Tensor] = None,
+    block_elements: Optional[int] = None,
+) -> torch.Tensor:
+    """Chunked :func:`frame_level_matching_block` (same result, see there): the clips go through in
+    chunks of at most ``block_elements`` (default :data:`MATCHING_BLOCK_ELEMENTS`) similarities,
+    each chunk under activation checkpointing when gradients are needed, so the (G, G', T, N)
+    intermediates never exist at once, in the forward or the backward pass: the memory is
+    that of one chunk plus the (G, G', K+1) profiles."""
+    G, T, _ = frame_tokens.shape
+    Gp, N, _ = product_tokens.shape
+    per_clip = max(1, Gp * T * N)
+    chunk = max(1, (block_elements or MATCHING_BLOCK_ELEMENTS) // per_clip)
+    if chunk >= G:
+        return frame_level_matching_block(frame_tokens, frame_mask, product_tokens, topk, direction, product_mask)
+    grad = torch.is_grad_enabled() and (frame_tokens.requires_grad or product_tokens.requires_grad)
+    parts = []
+    for start in range(0, G, chunk):
+        rows = slice(start, start + chunk)
+        args = (frame_tokens[rows], None if frame_mask is None else frame_mask[rows], product_tokens, topk, direction, product_mask)
+        if grad:
+            parts.append(torch.utils.checkpoint.checkpoint(frame_level_matching_block, *args, use_reentrant=False))
+        else:
+            parts.append(frame_level_matching_block(*args))
+    return torch.cat(parts, dim=0)
+
+
+def frame_level_matching_block(
     frame_tokens: torch.Tensor,
     frame_mask: Optional[torch.Tensor],
     product_tokens: torch.Tensor,
@@ -132,8 +173,10 @@ def intra_domain_edges(
     return edges, torch.exp(-_cdist(x, x) / sigma)
 
 
+@full_precision
 def _cdist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances with a finite gradient at 0 (that of a plain sqrt is inf there)."""
+    """Euclidean distances with a finite gradient at 0 (that of a plain sqrt is inf there).
+    In float32 with autocast off: the clamp at 1e-12 is 0 in fp16, where sqrt's gradient is inf."""
     squared = (x.pow(2).sum(-1)[:, None] + y.pow(2).sum(-1)[None, :] - 2 * x @ y.t()).clamp(min=1e-12)
     return squared.sqrt()
 
@@ -215,9 +258,9 @@ class CrossDomainGraph(nn.Module):
         product_mask: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(clip -> product, product -> clip) relevance logits, both (G_clips, G_products)."""
-        return self._relevances_and_means(frame_tokens, frame_mask, product_tokens, product_mask)[:2]
+        return self.relevances_and_means(frame_tokens, frame_mask, product_tokens, product_mask)[:2]
 
-    def _relevances_and_means(self, frame_tokens, frame_mask, product_tokens, product_mask=None):
+    def relevances_and_means(self, frame_tokens, frame_mask, product_tokens, product_mask=None):
         """Relevances as :meth:`relevances`, plus the mean frame-level match of each direction."""
         k = self.config.gci_frame_topk
         # Detached as in the published code: frame-level matching steers the graph, not the encoders.
@@ -267,14 +310,18 @@ class CrossDomainGraph(nn.Module):
         frame_mask: Optional[torch.Tensor],
         product_tokens: torch.Tensor,
         product_mask: Optional[torch.Tensor] = None,
+        relevances: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     ) -> GraphOutput:
         """v, p (G, d) L2-normalised clip / product embeddings of the global batch (row i of v and
-        p are a training pair); frame_tokens (G, T, d), frame_mask (G, T); product_tokens (G, N, d)."""
+        p are a training pair); frame_tokens (G, T, d), frame_mask (G, T); product_tokens (G, N, d).
+        ``relevances``: the output of :meth:`relevances_and_means` when the caller computed it already
+        (under DDP each rank computes its own clips' rows and all-gathers them); frame_tokens is then
+        unused."""
         if v.shape != p.shape or v.ndim != 2:
             raise ValueError(f"v and p must both be (G, d), got {tuple(v.shape)} and {tuple(p.shape)}")
-        relevance, relevance_reverse, mean, mean_reverse = self._relevances_and_means(
-            frame_tokens, frame_mask, product_tokens, product_mask
-        )
+        if relevances is None:
+            relevances = self.relevances_and_means(frame_tokens, frame_mask, product_tokens, product_mask)
+        relevance, relevance_reverse, mean, mean_reverse = relevances
         edges, bias = self.adjacency(v, p, relevance, relevance_reverse, mean, mean_reverse)
         x = torch.cat([v, p], dim=0)[None]
         attention = None

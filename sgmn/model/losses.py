@@ -129,22 +129,28 @@ def distance_weighted_triplet(
     same = anchor_labels[:, None] == candidate_labels[None, :]
     weight = negative_sampling_weights(distance, ~same, anchors.shape[1], cutoff, nonzero_cutoff)
 
-    anchor_idx, positive_idx = same.nonzero(as_tuple=True)
-    if anchor_idx.numel() == 0:
-        return _zero_like_graph(anchors, candidates)
+    # Both hinges are relu(b_ij + m - b_ik) in a "badness" b: the distance, or minus the similarity.
     if hinge == "similarity":
         # s = 1 - d²/2 exactly (d is computed from s); bounded gradient even for close pairs
-        score = F.normalize(anchors, dim=-1) @ F.normalize(candidates, dim=-1).t()
+        badness = -(F.normalize(anchors, dim=-1) @ F.normalize(candidates, dim=-1).t())
     elif hinge == "distance":
-        score = -distance
+        badness = distance
     else:
         raise ValueError(f"hinge must be 'similarity' or 'distance', got {hinge!r}")
-    positive_score = score[anchor_idx, positive_idx]  # (P,)
-    violation = F.relu(margin + score[anchor_idx] - positive_score[:, None])  # (P, C)
-    per_pair = (violation * weight[anchor_idx]).sum(dim=1)  # expectation over negatives
-    positives_per_anchor = same.sum(dim=1).to(per_pair.dtype)  # >= 1 for every anchor in anchor_idx
-    per_anchor = torch.zeros(anchors.shape[0], dtype=per_pair.dtype, device=per_pair.device)
-    per_anchor = per_anchor.index_add(0, anchor_idx, per_pair / positives_per_anchor[anchor_idx])
+    # E_k[relu(b_ij + m - b_ik)] = sum over negatives k with b_ik < b_ij + m of w_ik (b_ij + m - b_ik):
+    # with each anchor's candidates sorted by b, that is (b_ij + m) W - WB, where W and WB are
+    # cumulative sums of w and w*b up to b_ij + m. O(A x C) memory for every (anchor, positive)
+    # pair at once, and no host sync (selecting the positive pairs first would need their count).
+    sorted_badness, order = badness.sort(dim=1)
+    sorted_weight = weight.gather(1, order)
+    zero = sorted_weight.new_zeros(sorted_weight.shape[0], 1)
+    cum_w = torch.cat([zero, sorted_weight.cumsum(dim=1)], dim=1)  # (A, C+1): sums of the first n
+    cum_wb = torch.cat([zero, (sorted_weight * sorted_badness).cumsum(dim=1)], dim=1)
+    reach = badness + margin  # (A, C): for candidate j as the positive
+    count = torch.searchsorted(sorted_badness.detach().contiguous(), reach.detach().contiguous(), right=False)
+    per_pair = reach * cum_w.gather(1, count) - cum_wb.gather(1, count)  # (A, C), pair (i, j)
+    positives_per_anchor = same.sum(dim=1, keepdim=True).clamp(min=1).to(per_pair.dtype)
+    per_anchor = torch.where(same, per_pair, per_pair.new_zeros(())).sum(dim=1, keepdim=True) / positives_per_anchor
     return per_anchor.mean()
 
 
@@ -196,22 +202,25 @@ def symmetric_infonce(
         keep = keep & a_mask.to(torch.bool)
     if b_mask is not None:
         keep = keep & b_mask.to(torch.bool)
-    if not bool(keep.any()):
-        return _zero_like_graph(a, b)
-    a_kept, b_kept = a[keep], b[keep]
+    # Removed pairs are masked, not selected (selecting needs their count on the host: a sync).
     if normalize:
-        a_kept, b_kept = F.normalize(a_kept, dim=-1), F.normalize(b_kept, dim=-1)
-    logits = scale * a_kept @ b_kept.t()
+        a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    logits = scale * a @ b.t()
+    columns = keep | ~keep.any()  # with nothing kept no column is masked (no all -inf row)
     if labels is None:
-        target = torch.eye(logits.shape[0], dtype=logits.dtype, device=logits.device)
+        positive = torch.eye(a.shape[0], dtype=torch.bool, device=a.device)
     else:
-        kept_labels = labels[keep]
-        positive = (kept_labels[:, None] == kept_labels[None, :]).to(logits.dtype)
-        target = positive / positive.sum(dim=1, keepdim=True)
+        positive = labels[:, None] == labels[None, :]
+    positive = positive & keep[:, None] & keep[None, :]
+    target = positive.to(logits.dtype) / positive.sum(dim=1, keepdim=True).clamp(min=1).to(logits.dtype)
+    kept = keep.sum().clamp(min=1).to(logits.dtype)
+
+    def direction(scores, target, positive):
+        log_p = F.log_softmax(scores.masked_fill(~columns[None, :], float("-inf")), dim=1)
+        return -torch.where(positive, target * log_p, log_p.new_zeros(())).sum() / kept
+
     # The positive relation is symmetric, so the b->a target is the transpose of the a->b target.
-    a_to_b = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-    b_to_a = -(target.t() * F.log_softmax(logits.t(), dim=1)).sum(dim=1).mean()
-    return 0.5 * (a_to_b + b_to_a)
+    return 0.5 * (direction(logits, target, positive) + direction(logits.t(), target.t(), positive.t()))
 
 
 def _row_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:

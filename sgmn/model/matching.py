@@ -107,6 +107,8 @@ class SelectiveFusion(nn.Module):
         )[0][:, 0]
         update = (self.gate * summary) * apply[:, None].to(summary.dtype)  # exactly 0 without text
         positions = torch.as_tensor(cls_positions, dtype=torch.long, device=tokens.device)
+        # Under autocast the attention output is half precision but the gate is float32.
+        update = update.to(tokens.dtype)
         return tokens.index_add(1, positions, update[:, None].expand(B, positions.numel(), d))
 
 
@@ -165,7 +167,9 @@ class CrossEncoder(nn.Module):
         """product_tokens (P, N, d), clip_tokens (P, L, d), clip_keep (P, L) True = real token -> (P,)."""
         if product_tokens.shape[0] != clip_tokens.shape[0]:
             raise ValueError(f"{product_tokens.shape[0]} products but {clip_tokens.shape[0]} clips")
-        if clip_keep is not None and not bool(clip_keep.any(dim=1).all()):
+        if clip_keep is not None and clip_keep.is_cuda:  # asynchronous: no host sync on the GPU
+            torch._assert_async(clip_keep.any(dim=1).all(), "a clip row has no real token (no real frame?)")
+        elif clip_keep is not None and not bool(clip_keep.any(dim=1).all()):
             bad = (~clip_keep.any(dim=1)).nonzero().flatten().tolist()
             raise ValueError(f"clip rows {bad} have no real token (no real frame?)")
         clip_padding = key_padding_mask(clip_keep, clip_tokens.shape[1])
@@ -185,6 +189,7 @@ def pairwise_matching_loss(
     negatives: torch.Tensor,
     valid: torch.Tensor,
     prior: Optional[torch.Tensor] = None,
+    num_rows: Optional[Union[int, torch.Tensor]] = None,
 ) -> torch.Tensor:
     """L_pair: each product against its positive clip and its k mined negatives.
 
@@ -197,26 +202,33 @@ def pairwise_matching_loss(
     Logits (G, 1+k) = [score(positive), score(negatives)], invalid negatives at -inf;
     cross-entropy with target 0 on every row that has at least one valid negative, averaged over
     those rows (a row without a negative is no classification problem and would only dilute the
-    mean). Only valid pairs go through the cross encoder. With no such row the result is an exact 0
-    attached to the graph.
+    mean). With no such row the result is an exact 0 attached to the graph. ``num_rows`` replaces
+    the denominator (the count of rows with a negative): a rank scoring its shard of the rows of a
+    global batch passes the global count, so the shards' results sum to the global mean.
+
+    Every (row, slot) pair goes through the cross encoder, the invalid ones (a clip index clamped
+    to 0) masked afterwards: selecting the valid pairs first would need their count on the host,
+    a sync that stalls a GPU. The result is the same.
     """
     G, k = negatives.shape
     has_negative = valid.any(dim=1)
     candidates = torch.cat([positive_clip_index[:, None], negatives.clamp(min=0)], dim=1)  # (G, 1+k)
-    scored = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1) & has_negative[:, None]
-    rows, slots = scored.nonzero(as_tuple=True)
-    if rows.numel() == 0:
-        return sum(p.sum() * 0.0 for p in cross_encoder.parameters()) + product_tokens.sum() * 0.0
-    clips = candidates[rows, slots]
+    scored = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
+    clips = candidates.reshape(-1)
     pair_scores = cross_encoder(
-        product_tokens[rows], clip_tokens[clips], None if clip_keep is None else clip_keep[clips]
-    )
-    if prior is not None:
-        pair_scores = pair_scores + cross_encoder.prior_weight * prior.detach()[rows, slots].to(pair_scores.dtype)
-    logits = torch.full((G, 1 + k), float("-inf"), dtype=pair_scores.dtype, device=pair_scores.device)
-    logits = logits.index_put((rows, slots), pair_scores)[has_negative]
-    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-    return F.cross_entropy(logits, target)
+        product_tokens.repeat_interleave(1 + k, dim=0), clip_tokens[clips], None if clip_keep is None else clip_keep[clips]
+    ).reshape(G, 1 + k)
+    if prior is not None:  # invalid slots hold any value: they are masked below
+        pair_scores = pair_scores + cross_encoder.prior_weight * prior.detach().to(pair_scores.dtype)
+    logits = pair_scores.float().masked_fill(~scored, float("-inf"))
+    target = torch.zeros(G, dtype=torch.long, device=logits.device)
+    per_row = F.cross_entropy(logits, target, reduction="none")  # 0 for a row without a negative
+    per_row = torch.where(has_negative, per_row, per_row.new_zeros(()))
+    if num_rows is None:
+        num_rows = has_negative.sum()
+    if not torch.is_tensor(num_rows):
+        num_rows = torch.tensor(num_rows, device=per_row.device)
+    return per_row.sum() / num_rows.clamp(min=1).to(per_row.dtype)
 
 
 @torch.no_grad()

@@ -7,9 +7,16 @@ Training adds the batch-wide terms of method.md "Total loss", each switchable an
 
 * a term is computed only when its component is enabled (``use_text`` / ``use_gci`` / ``use_smf`` /
   ``use_tga``) and its weight is > 0; otherwise it is absent from the dict (never a fake zero);
-* ``txt`` is also absent for a batch in which no clip–product pair has text on both sides, and
+* ``txt`` is also absent for a batch in which no clip–product pair has text on both sides (on
+  CUDA it is then present and exactly 0: asking the GPU would stall the training loop), and
   ``box`` for a batch with no real frame that has both a box and ASR (no attention map exists);
 * ``loss`` is the weighted sum of the present terms.
+
+Under DDP the batch-wide terms see the global batch G (all-gathered with gradients). The two
+heads whose cost grows with G per pair are sharded by rows: each rank computes GCI's relevance
+rows of its own clips (against all G products) and SMF's cross-encoder rows of its own products;
+the relevance rows are all-gathered, the L_pair shares summed (:func:`sum_of_shards`). Gradients
+equal those of one process on the concatenated batch (tests/test_ddp.py).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from sgmn.model.config import SGMNConfig
 from sgmn.model.losses import bidirectional_triplet, symmetric_infonce
 from sgmn.model.temporal import TemporalDifferenceBlock
 from sgmn.model.tga import TextGuidedAttention
-from sgmn.train.distributed import all_gather_no_grad, all_gather_with_grad
+from sgmn.train.distributed import all_gather_no_grad, all_gather_with_grad, shard_rows, sum_of_shards
 
 
 def run_backbone_on_real_frames(
@@ -35,6 +42,7 @@ def run_backbone_on_real_frames(
     frame_mask: torch.Tensor,
     patch_mask: Optional[torch.Tensor],
     include_padding: bool = False,
+    compute_padding: Optional[bool] = None,
 ) -> torch.Tensor:
     """(B,T,3,S,S) frames -> (B,T,N,d) tokens; padded frames are not computed and stay exactly 0.
 
@@ -47,6 +55,15 @@ def run_backbone_on_real_frames(
     if include_padding:
         keep = patch_mask.flatten(0, 1) if patch_mask is not None else None
         return backbone(frames.flatten(0, 1), keep).reshape(B, T, *backbone_token_shape(backbone))
+    if frames.is_cuda if compute_padding is None else compute_padding:
+        # Selecting the real frames needs their count on the host (a sync that stalls the GPU
+        # queue, and a dynamic shape for torch.compile): on CUDA (the default) every frame is
+        # computed and the padding zeroed. Same result.
+        keep = patch_mask.flatten(0, 1) if patch_mask is not None else None
+        if keep is not None:
+            keep = keep | ~frame_mask.flatten(0, 1)[:, None]  # a padded frame's mask may be empty
+        tokens = backbone(frames.flatten(0, 1), keep).reshape(B, T, *backbone_token_shape(backbone))
+        return torch.where(frame_mask[:, :, None, None], tokens, tokens.new_zeros(()))
     real = frames[frame_mask]
     keep = patch_mask[frame_mask] if patch_mask is not None else None
     tokens_real = backbone(real, keep)
@@ -180,23 +197,27 @@ class SGMN(RetrievalModel):
         scale = self.logit_scale()
 
         losses: dict[str, torch.Tensor] = {}
-        if cfg.use_text and w.txt > 0 and bool((a_mask & t_mask).any()):
+        # (on CUDA no "any pair?" test: it would be a host sync; the loss is an exact 0 without one)
+        if cfg.use_text and w.txt > 0 and (a_mask.is_cuda or bool((a_mask & t_mask).any())):
             losses["txt"] = symmetric_infonce(a, t, labels, scale, a_mask=a_mask, b_mask=t_mask)
         trip = dict(margin=cfg.triplet_margin, cutoff=cfg.triplet_cutoff, nonzero_cutoff=cfg.triplet_nonzero_cutoff,
                     hinge=cfg.triplet_hinge)
         if w.base > 0:
             losses["base"] = bidirectional_triplet(v, p, labels, **trip)
         if self.graph is not None and (w.gnn > 0 or w.reg > 0):
-            # frame-level matching is detached (as published): no gradient to gather
-            frame_feats = all_gather_no_grad(clip["frame_feats"].detach())
+            # Frame-level matching is detached (as published): the product tokens need no gradient.
             product_tokens = all_gather_no_grad(prod["tokens"].detach())
-            graph_out = self.graph(v, p, frame_feats, g_frame_mask, product_tokens)
+            # This rank's relevance rows (its clips against every product), then all of them.
+            rel, rel_rev, mean, mean_rev = self.graph.relevances_and_means(clip["frame_feats"], frame_mask, product_tokens)
+            relevances = (all_gather_with_grad(rel), all_gather_with_grad(rel_rev),
+                          all_gather_no_grad(mean), all_gather_no_grad(mean_rev))
+            graph_out = self.graph(v, p, None, g_frame_mask, product_tokens, relevances=relevances)
             graph_losses = self.graph.losses(graph_out, labels)
             for name in ("gnn", "reg"):
                 if getattr(w, name) > 0:
                     losses[name] = graph_losses[name]
         if self.cross is not None and w.pair > 0:
-            losses["pair"] = self._pair_loss(clip, prod, batch.get("patch_mask"), v, p, a, t, a_mask, t_mask, labels, g_frame_mask)
+            losses["pair"] = self._pair_loss(clip, prod, batch.get("patch_mask"), frame_mask, v, p, a, t, a_mask, t_mask, labels)
         if w.vi > 0:
             # v·p + λ a·t is the dot product of [v, √λ a] and [p, √λ t] (a, t are 0 without text).
             lam = math.sqrt(cfg.text_weight) if cfg.use_text else 0.0
@@ -221,31 +242,34 @@ class SGMN(RetrievalModel):
             mask = vec.abs().sum(-1) > 0  # the batch convention: zeros where missing
         return vec, mask.bool()
 
-    def _pair_loss(self, clip, prod, patch_mask, v, p, a, t, a_mask, t_mask, labels, g_frame_mask) -> torch.Tensor:
+    def _pair_loss(self, clip, prod, patch_mask, frame_mask, v, p, a, t, a_mask, t_mask, labels) -> torch.Tensor:
         """L_pair over the global batch: every product against its own clip and its k hardest
-        clips of other products, mined on S = v·p + λ·a·t."""
-        from sgmn.model.matching import clip_token_keep, mine_hard_negatives, pairwise_matching_loss
+        clips of other products, mined on S = v·p + λ·a·t.
+
+        Each rank fuses the text into its own tokens, gathers the fused clip tokens once (any clip
+        can be a mined negative) and scores only its own products' rows; the rows' shares of the
+        global mean are then summed over ranks."""
+        from sgmn.model.matching import mine_hard_negatives, pairwise_matching_loss
 
         scores = self.score_tensors(v, p, a, t, a_mask, t_mask)
         negatives = mine_hard_negatives(scores, labels, labels, self.config.smf_k)
-        clip_tokens = all_gather_with_grad(clip["tokens"])
-        product_tokens = all_gather_with_grad(prod["tokens"])
-        if patch_mask is not None:
-            patch_mask = all_gather_no_grad(patch_mask.bool())
         clip_tokens, keep, product_tokens = self._fuse_for_cross_encoder(
-            clip_tokens, g_frame_mask, patch_mask,
-            all_gather_with_grad(clip["a_raw"]) if clip["a_raw"] is not None else None, a_mask,
-            product_tokens,
-            all_gather_with_grad(prod["t_raw"]) if prod["t_raw"] is not None else None, t_mask,
+            clip["tokens"], frame_mask, patch_mask.bool() if patch_mask is not None else None,
+            clip["a_raw"], clip["a_mask"], prod["tokens"], prod["t_raw"], prod["t_mask"],
         )
-        positives = torch.arange(v.shape[0], device=v.device)
+        clip_tokens, keep = all_gather_with_grad(clip_tokens), all_gather_no_grad(keep)
+        G = v.shape[0]
+        rows = shard_rows(G)  # this rank's products = its own pairs
+        positives = torch.arange(G, device=v.device)
         prior = None
         if self.config.smf_score_prior:  # S of each (product, candidate clip), positive first
             candidates = torch.cat([positives[:, None], negatives.indices.clamp(min=0)], dim=1)
-            prior = scores.detach().t().gather(1, candidates)
-        return pairwise_matching_loss(
-            self.cross, product_tokens, clip_tokens, keep, positives, negatives.indices, negatives.valid, prior
+            prior = scores.detach().t().gather(1, candidates)[rows]
+        local = pairwise_matching_loss(
+            self.cross, product_tokens, clip_tokens, keep, positives[rows], negatives.indices[rows], negatives.valid[rows],
+            prior=prior, num_rows=negatives.valid.any(dim=1).sum(),  # the global mean's denominator
         )
+        return sum_of_shards(local)
 
     def _fuse_for_cross_encoder(self, clip_tokens, frame_mask, patch_mask, a_raw, a_mask, product_tokens, t_raw, t_mask):
         """(B,T,N,d) clip tokens -> flattened (B,T·N,d) with ASR fused at the frame CLS positions and

@@ -110,8 +110,11 @@ class TextGuidedAttention(nn.Module):
         summary = self.out(torch.einsum("btp,btpd->btd", attn, v))
         # Rescaled to the CLS norm, so that alpha is the summary's share of the feature whatever
         # the two scales are.
-        cls_norm = cls.norm(dim=-1, keepdim=True)
-        summary = summary * (cls_norm / summary.norm(dim=-1, keepdim=True).clamp(min=1e-6))
+        # In float32: under fp16 autocast the squares of 512 features overflow, and the ratio of a
+        # row without guidance (summary 0, replaced below) would be inf, and inf x 0 = NaN.
+        cls_norm = cls.float().norm(dim=-1, keepdim=True)
+        ratio = cls_norm / summary.float().norm(dim=-1, keepdim=True).clamp(min=1e-6)
+        summary = (summary.float() * torch.where(valid, ratio, 0.0)).to(cls.dtype)
         mixed = cls + self.mix.to(cls.dtype) * (summary - cls)
         # Where there is no guidance CLS passes through exactly unchanged.
         return torch.where(valid, mixed, cls), attn

@@ -59,7 +59,7 @@ def train_command(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Per-rank batch; global = this x ranks."),
     lr: Optional[float] = typer.Option(None, "--lr"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | fp16"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="RUN (its last/) or RUN/epoch-NNN to continue."),
     set_: list[str] = typer.Option([], "--set", help="key=value override: train.<field> or model.<dotted.field>."),

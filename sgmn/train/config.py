@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 @dataclass
@@ -48,15 +48,21 @@ class TrainConfig:
     grad_clip_mode: Literal["module", "global"] = "module"
 
     # Numerics and devices
-    precision: Precision = "fp32"  # bf16 / fp16 autocast (fp16 with GradScaler, CUDA only)
+    # bf16 / fp16 autocast (fp16 with a GradScaler); "auto" = bf16 on CUDA (fp16 on GPUs without
+    # bf16), fp32 on CPU (so CPU runs stay bit-identical to earlier ones).
+    precision: Precision = "auto"
     device: str = "auto"  # "auto" = cuda:<local rank> when available, else cpu
     seed: int = 42
     # Bit-identical runs for a seed: torch.use_deterministic_algorithms (CPU kernels otherwise
     # split reductions across threads differently from run to run). Ops without a deterministic
-    # kernel warn instead of failing; set False for the last bit of GPU speed.
-    deterministic: bool = True
+    # kernel warn instead of failing. None = auto: on for CPU, off on CUDA (opt in with true).
+    deterministic: Optional[bool] = None
+    tf32: bool = True  # CUDA: TF32 tensor cores for the fp32 matrix products left under autocast
     num_workers: int = 2
     find_unused_parameters: bool = True  # DDP: switched-off branches leave parameters without grads
+    dist_timeout_s: float = 3600.0  # process-group timeout (NCCL watchdog): a rank stuck longer aborts the job
+    compile: bool = False  # torch.compile the backbone (the ViT: most of the FLOPs)
+    activation_checkpointing: bool = False  # recompute the backbone's layers in backward (less memory)
 
     # Data
     on_error: Literal["raise", "skip"] = "raise"  # reader policy for bad records
@@ -87,13 +93,31 @@ class TrainConfig:
         need(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         need(len(self.betas) == 2, "betas", f"must be two numbers, got {self.betas}")
         need(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
-        need(self.precision in ("fp32", "bf16", "fp16"), "precision", f"must be fp32, bf16 or fp16, got {self.precision!r}")
+        need(
+            self.precision in ("auto", "fp32", "bf16", "fp16"), "precision",
+            f"must be auto, fp32, bf16 or fp16, got {self.precision!r}",
+        )
+        need(self.dist_timeout_s > 0, "dist_timeout_s", f"must be > 0, got {self.dist_timeout_s}")
         need(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
         need(self.on_error in ("raise", "skip"), "on_error", f"must be raise or skip, got {self.on_error!r}")
         need(self.grad_clip_mode in ("module", "global"), "grad_clip_mode",
              f"must be module or global, got {self.grad_clip_mode!r}")
         need(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
         need(self.val_every >= 1, "val_every", f"must be >= 1, got {self.val_every}")
+
+    # ---- "auto" fields, resolved for the device the run uses ---------------------------
+    def resolve_precision(self, device_type: str) -> str:
+        """fp32 / bf16 / fp16 for a run on ``device_type`` ("cuda", "cpu", ...)."""
+        if self.precision != "auto":
+            return self.precision
+        if device_type == "cuda":
+            import torch
+
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+
+    def resolve_deterministic(self, device_type: str) -> bool:
+        return (device_type != "cuda") if self.deterministic is None else self.deterministic
 
     # ---- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -89,6 +89,14 @@ def make_deterministic(enabled: bool) -> None:
         # cuBLAS needs a fixed workspace for deterministic matrix products (read at CUDA init)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(enabled, warn_only=True)
+    # cuDNN autotuning picks kernels by timing, which is itself non-deterministic.
+    torch.backends.cudnn.benchmark = not enabled
+
+
+def configure_cuda_math(tf32: bool) -> None:
+    """TF32 tensor cores for fp32 matrix products and convolutions (CUDA only; no-op on CPU)."""
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 def seed_everything(seed: int) -> None:
@@ -161,6 +169,54 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _host(value: Any) -> Any:
+    """Device scalars (or dicts of them) -> Python floats: the one place the loop waits for the GPU."""
+    if isinstance(value, dict):
+        return {k: _host(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        return float(value)
+    return value
+
+
+def _add_into(sums: dict, values: dict, scale: float = 1.0) -> None:
+    """sums[k] += values[k] * scale, on the device (no host sync)."""
+    for k, v in values.items():
+        sums[k] = sums[k] + v * scale if k in sums else v * scale
+
+
+def _trim_batch(batch: dict, size: int) -> dict:
+    """The first ``size`` samples of a collated batch (keys that hold one entry per sample)."""
+    n = _batch_len(batch)
+    out = {}
+    for k, v in batch.items():
+        if k not in ("skipped", "skip_reasons") and isinstance(v, (torch.Tensor, list)) and len(v) == n:
+            v = v[:size]
+        out[k] = v
+    return out
+
+
+def prepare_backbone(model: nn.Module, compile: bool, activation_checkpointing: bool) -> None:
+    """Apply the ``compile`` / ``activation_checkpointing`` options to ``model.backbone`` in place.
+
+    ``nn.Module.compile`` keeps parameter names, so checkpoints are unchanged. Checkpointing
+    recomputes each ViT layer in the backward pass (gradients are the same; memory drops from
+    one activation set per layer to one per image)."""
+    if not (compile or activation_checkpointing):
+        return
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        raise ValueError(
+            f"train config fields 'compile' / 'activation_checkpointing' apply to a model's backbone; "
+            f"{type(model).__name__} has none"
+        )
+    if activation_checkpointing:
+        if not hasattr(backbone, "activation_checkpointing"):
+            raise ValueError(f"train config field 'activation_checkpointing': {type(backbone).__name__} does not support it")
+        backbone.activation_checkpointing = True
+    if compile:
+        backbone.compile()
+
+
 # ---- the trainer ---------------------------------------------------------------------------
 
 
@@ -184,9 +240,9 @@ class Trainer:
         self.world = dist_utils.world_size()
         self.is_main = self.rank == 0
         self.device = resolve_device(config.device)
-        make_deterministic(config.deterministic)
-        if config.precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("train config field 'precision': fp16 needs CUDA (GradScaler); use bf16 or fp32 on CPU")
+        make_deterministic(config.resolve_deterministic(self.device.type))
+        configure_cuda_math(config.tf32)
+        self.precision = config.resolve_precision(self.device.type)  # "auto" resolved
 
         self.sampler = _ResumableSampler(
             dataset, num_replicas=self.world, rank=self.rank, shuffle=True, seed=config.seed, drop_last=False
@@ -215,11 +271,12 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * config.epochs
 
         self.model = model.to(self.device)
+        prepare_backbone(self.model, config.compile, config.activation_checkpointing)
         self.optimizer = build_optimizer(self.model, config)
         self.clip_groups = clip_groups(self.model, config.grad_clip_mode)
         self.last_grad_norms: dict[str, torch.Tensor] = {}  # per clipping group, before clipping
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, config.warmup_ratio)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.ddp = None
         if self.world > 1:
             self.ddp = DistributedDataParallel(
@@ -233,7 +290,7 @@ class Trainer:
         self.micro_in_epoch = 0  # micro-batches of the current epoch already done (mid-epoch resume)
         self.best_metric: Optional[float] = None
         self.history: list[dict] = []
-        self.skipped = 0  # samples dropped by the dataset's skip policy (single process only)
+        self.skipped = 0  # samples dropped: unreadable ones (all ranks) + those trimmed to keep DDP ranks equal
         self.resumed = False  # set by resume(): only then may out_dir already hold a run
 
     # ---- checkpoints -----------------------------------------------------------------------
@@ -349,31 +406,27 @@ class Trainer:
                 dynamic_ncols=True,
             )
             window_start, window_clips = time.perf_counter(), 0
-            accum_losses: dict[str, float] = {}
+            # Loss sums stay on the device; the host reads them every log_every steps (and at the
+            # end of an epoch), so the CPU can queue the next steps while the GPU works.
+            accum_losses: dict[str, torch.Tensor] = {}
+            self._unchecked = {}  # sums since the last finiteness check
+            self._unchecked_from = self.step + 1
             for batch in self.loader:
                 if self.micro_in_epoch >= micro_total:
                     break
                 micro = self.micro_in_epoch % cfg.grad_accum
                 final_micro = micro == cfg.grad_accum - 1
-                self._check_skipped(batch)
+                batch = self._check_skipped(batch)
                 batch = move_to_device(batch, self.device)
                 sync = contextlib.nullcontext() if (final_micro or self.ddp is None) else self.ddp.no_sync()
                 with sync:
-                    with _autocast(self.device, cfg.precision):
+                    with _autocast(self.device, self.precision):
                         out = net(batch)
                     loss = out["loss"].float()
-                    terms = {k: float(v.detach().float()) for k, v in out.get("losses", {}).items()}
-                    if not torch.isfinite(loss):
-                        bad = [k for k, v in terms.items() if not math.isfinite(v)]
-                        raise NonFiniteLossError(
-                            f"loss is {float(loss.detach())} at optimiser step {self.step + 1} (epoch {epoch + 1}, "
-                            f"micro-batch {self.micro_in_epoch + 1}); non-finite terms: {bad or 'none'}; "
-                            f"all terms: {terms}"
-                        )
                     self.scaler.scale(loss / cfg.grad_accum).backward()
-                terms["loss"] = float(loss.detach())
-                for k, v in terms.items():
-                    accum_losses[k] = accum_losses.get(k, 0.0) + v / cfg.grad_accum
+                terms = {k: v.detach().float() for k, v in out.get("losses", {}).items()}
+                terms["loss"] = loss.detach()
+                _add_into(accum_losses, terms, 1.0 / cfg.grad_accum)
                 window_clips += _batch_len(batch) * self.world
                 self.micro_in_epoch += 1
                 bar.update(1)
@@ -384,13 +437,15 @@ class Trainer:
                 grad_norm = self._optimizer_step()
                 self.step += 1
                 epoch_steps += 1
-                last_losses = accum_losses
-                for k, v in accum_losses.items():
-                    epoch_sums[k] = epoch_sums.get(k, 0.0) + v
+                step_losses = accum_losses
+                _add_into(epoch_sums, accum_losses)
+                _add_into(self._unchecked, accum_losses)
                 accum_losses = {}
-                if self.is_main:
-                    bar.set_postfix(loss=f"{last_losses['loss']:.4f}", lr=f"{max(lrs):.2e}")
                 if self.step % cfg.log_every == 0 or self.step == 1:
+                    last_losses = self._check_finite(epoch + 1, step_losses)
+                    grad_norm = _host(grad_norm)
+                    if self.is_main:
+                        bar.set_postfix(loss=f"{last_losses['loss']:.4f}", lr=f"{max(lrs):.2e}")
                     elapsed = time.perf_counter() - window_start
                     self.log(
                         {
@@ -411,6 +466,8 @@ class Trainer:
                 if cfg.max_steps is not None and self.step >= cfg.max_steps:
                     break
             bar.close()
+            if epoch_steps:
+                last_losses = self._check_finite(epoch + 1, step_losses)
 
             epoch_done = self.micro_in_epoch >= micro_total
             if not epoch_done:  # stopped by max_steps inside the epoch
@@ -420,7 +477,7 @@ class Trainer:
             self.epoch += 1
             self.micro_in_epoch = 0
             row = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "skipped_samples": self.skipped}
-            row["losses"] = {k: v / max(epoch_steps, 1) for k, v in epoch_sums.items()}
+            row["losses"] = {k: _host(v) / max(epoch_steps, 1) for k, v in epoch_sums.items()}
             row.update(self._chance(row["losses"]))
             metric = self._run_validation()
             if metric is not None:
@@ -447,27 +504,56 @@ class Trainer:
             history=self.history,
         )
 
-    def _check_skipped(self, batch: Any) -> None:
-        """Count samples the dataset's skip policy dropped; refuse what would break the batch."""
-        if not isinstance(batch, dict) or not batch.get("skipped"):
-            return
-        n, reasons = int(batch["skipped"]), batch.get("skip_reasons") or ["?"]
-        self.skipped += n
-        if self.world > 1:
-            raise DataError(
-                f"{n} unreadable sample(s) in a batch under DDP: the ranks would hold different batch "
-                f"sizes for the all-gathered losses; fix the data or train in one process. First: {reasons[0]}"
-            )
-        if "labels" not in batch:
-            raise DataError(f"every sample of a training batch was unreadable; first: {reasons[0]}")
+    def _check_finite(self, epoch: int, step_losses: dict) -> dict[str, float]:
+        """Read the losses on the host (a sync: only at log steps and epoch ends) and stop on NaN/inf.
 
-    def _optimizer_step(self) -> Optional[float]:
+        Returns the last step's losses as floats. The check covers every step since the previous
+        one (the sums of their terms), so a non-finite loss is reported within log_every steps."""
+        sums = _host(self._unchecked)
+        self._unchecked, first, self._unchecked_from = {}, self._unchecked_from, self.step + 1
+        if not math.isfinite(sums.get("loss", 0.0)):
+            bad = [k for k, v in sums.items() if k != "loss" and not math.isfinite(v)]
+            where = f"optimiser step {self.step}" if first == self.step else f"optimiser steps {first}-{self.step}"
+            raise NonFiniteLossError(
+                f"loss is {sums['loss']} at {where} (epoch {epoch}); non-finite terms: {bad or 'none'}; "
+                f"summed terms: {sums}"
+            )
+        return _host(step_losses)
+
+    def _check_skipped(self, batch: Any) -> Any:
+        """Count samples the dataset's skip policy dropped; keep every rank's batch the same size.
+
+        Under DDP the ranks first agree (one small collective on the CPU control group, no GPU
+        sync): every rank trims its batch to the smallest rank's, so the batch-wide all-gathers see
+        equal shapes and no rank waits for another; the trimmed samples are counted as skipped.
+        If a rank has no readable sample left, every rank raises the same error (no hang)."""
+        is_dict = isinstance(batch, dict)
+        n = int(batch.get("skipped") or 0) if is_dict else 0
+        reasons = (batch.get("skip_reasons") or ["?"]) if is_dict else ["?"]
+        size = (_batch_len(batch) if "labels" in batch else 0) if is_dict else _batch_len(batch)
+        if self.world == 1:
+            self.skipped += n
+            if n and "labels" not in batch:
+                raise DataError(f"every sample of a training batch was unreadable; first: {reasons[0]}")
+            return batch
+        sizes, skips = dist_utils.control_all_gather([size, n])
+        common = min(sizes)
+        self.skipped += sum(skips) + sum(sizes) - common * self.world
+        if common == 0:
+            empty = [r for r, s in enumerate(sizes) if s == 0]
+            raise DataError(
+                f"every sample of a training batch was unreadable on rank(s) {empty} "
+                f"(this rank skipped {n}; first reason here: {reasons[0] if n else 'none'})"
+            )
+        return _trim_batch(batch, common) if size > common else batch
+
+    def _optimizer_step(self) -> Optional[torch.Tensor]:
         cfg = self.config
         grad_norm = None
         if cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            total, self.last_grad_norms = clip_gradients(self.clip_groups, cfg.grad_clip)
-            grad_norm = float(total)
+            # the norms stay on the device: they are read only at log steps
+            grad_norm, self.last_grad_norms = clip_gradients(self.clip_groups, cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -481,17 +567,19 @@ class Trainer:
         return [g.get("name", str(i)) for i, g in enumerate(self.optimizer.param_groups)]
 
     def _run_validation(self) -> Optional[dict]:
-        """Rank 0 evaluates the unwrapped model; every rank learns the result (for best/)."""
+        """Rank 0 evaluates the unwrapped model (every rank when the validator is ``sharded``: it
+        then splits the work and combines the result itself); every rank learns the result."""
         if self.validate is None or self.epoch % self.config.val_every != 0:
             return None
         metrics = None
-        if self.is_main:
+        if self.is_main or getattr(self.validate, "sharded", False):
             model = unwrap(self.model)
             try:
                 with torch.no_grad():
                     metrics = dict(self.validate(model, self.epoch))
             finally:
                 model.train()
+        if self.is_main:
             r1 = metrics.get("R@1")
             if r1 is not None and (self.best_metric is None or r1 > self.best_metric):
                 self.best_metric = r1
@@ -573,6 +661,64 @@ def _text_encoder(model_config, cache_dir: Path):
     return CachedTextEncoder(encoder, cache_dir)
 
 
+def _fill_text_cache(encoder, data, splits: list[str], batch_size: int = 256) -> None:
+    """Encode this rank's share (every world_size-th) of the splits' texts into the encoder's disk
+    cache, so that no rank encodes the whole corpus alone while the others wait."""
+    from sgmn.text import CachedTextEncoder
+    from sgmn.text.base import has_text
+
+    if not isinstance(encoder, CachedTextEncoder):
+        return  # precomputed vectors or an encoder without a disk cache: nothing to share
+    wanted: dict[str, None] = {}
+    for split in splits:
+        for clip in data.split_clips(split):
+            if clip.asr_vector is None and has_text(clip.asr):
+                wanted[clip.asr] = None
+    for product in data.products.values():
+        if product.title_vector is None and has_text(product.title):
+            wanted[product.title] = None
+    mine = sorted(wanted)[dist_utils.rank() :: dist_utils.world_size()]
+    for start in tqdm(range(0, len(mine), batch_size), desc="text cache", disable=dist_utils.rank() != 0 or not mine):
+        encoder.encode(mine[start : start + batch_size])
+
+
+def _sharded_validator(data, val_split: str, text_val, cfg: TrainConfig) -> Validator:
+    """Validation split by rooms over the ranks (a query only meets its room's gallery, so rooms
+    are independent); the rankings are gathered and every rank computes the same metrics."""
+    from sgmn.eval.metrics import chance_recall_at_1, recall_summary
+    from sgmn.eval.protocol import evaluate
+
+    clips = data.split_clips(val_split)
+    rooms = sorted({c.room_id for c in clips})
+
+    def validate(model: nn.Module, epoch: int) -> dict:
+        mine = set(rooms[dist_utils.rank() :: dist_utils.world_size()])
+        ids = [c.clip_id for c in clips if c.room_id in mine]
+        rankings, ground_truth, skipped = {}, {}, 0
+        if ids:
+            shard = dataclasses.replace(data, splits={**data.splits, val_split: ids})
+            device = resolve_device(cfg.device)
+            with _autocast(device, cfg.resolve_precision(device.type)):  # as in training
+                result = evaluate(
+                    model, shard, split=val_split, mode="video", gallery="main", batch_size=cfg.val_batch_size,
+                    device=device, text=text_val, num_workers=cfg.num_workers, progress=dist_utils.rank() == 0,
+                )
+            rankings, ground_truth = result.rankings, result.ground_truth
+            skipped = int(result.metrics.get("num_skipped_unreadable") or 0)
+        parts = dist_utils.all_gather_object((rankings, ground_truth, skipped))
+        rankings = {q: r for part in parts for q, r in part[0].items()}
+        ground_truth = {q: g for part in parts for q, g in part[1].items()}
+        metrics = recall_summary(rankings, ground_truth)
+        room_of = {c.clip_id: c.room_id for c in clips}
+        sizes = {q: len(data.rooms[room_of[q]].product_ids) for q in ground_truth}
+        metrics["chance_R@1"] = chance_recall_at_1(ground_truth, sizes)
+        metrics["num_skipped_unreadable"] = sum(part[2] for part in parts)
+        return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+    validate.sharded = True
+    return validate
+
+
 def train(
     data_root: Union[str, Path],
     format: str,
@@ -594,8 +740,9 @@ def train(
 
     cfg = train_config or TrainConfig()
     out_dir = Path(out_dir)
-    make_deterministic(cfg.deterministic)  # before anything is computed (text vectors included)
-    joined_here = not dist_utils.is_distributed() and dist_utils.setup_distributed()
+    # before anything is computed (text vectors included)
+    make_deterministic(cfg.resolve_deterministic(resolve_device(cfg.device).type))
+    joined_here = not dist_utils.is_distributed() and dist_utils.setup_distributed(cfg.dist_timeout_s)
     try:
         rank = dist_utils.rank()
         data = read_dataset(data_root, format, on_error=cfg.on_error)
@@ -620,14 +767,12 @@ def train(
 
             cache_dir = Path(cfg.text_cache_dir) if cfg.text_cache_dir else out_dir / "text-cache"
             encoder = _text_encoder(mcfg, cache_dir)
-            # Rank 0 fills the cache first so the other ranks only read it.
-            if rank == 0:
-                text_train = TextVectors(data, "train", encoder)
+            # Every rank encodes its share of the texts into the disk cache, then reads them all.
+            _fill_text_cache(encoder, data, ["train"] + ([val_split] if val_split else []))
             dist_utils.barrier()
-            if rank != 0:
-                text_train = TextVectors(data, "train", encoder)
-            if val_split is not None and rank == 0:
-                text_val = TextVectors(data, val_split, encoder)
+            text_train = TextVectors(data, "train", encoder, progress=rank == 0)
+            if val_split is not None:
+                text_val = TextVectors(data, val_split, encoder, progress=rank == 0)
         else:
             from sgmn.data.dataset import NoTextVectors
 
@@ -651,20 +796,7 @@ def train(
 
         validate = None
         if val_split is not None:
-            from sgmn.eval.protocol import evaluate
-
-            def validate(model: nn.Module, epoch: int) -> dict:
-                result = evaluate(
-                    model,
-                    data,
-                    split=val_split,
-                    mode="video",
-                    gallery="main",
-                    batch_size=cfg.val_batch_size,
-                    device=resolve_device(cfg.device),
-                    text=text_val,
-                )
-                return {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+            validate = _sharded_validator(data, val_split, text_val, cfg)
 
         trainer = Trainer(model, dataset, cfg, out_dir, collate_fn=collate, validate=validate)
         if resume is not None:
