@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -123,13 +124,13 @@ def mode_config(mode: str) -> AccuracyConfig:
         return cfg
     if mode == "smoke":
         cfg = AccuracyConfig(
-            mode="smoke", seeds=(0, 1), presets=("easy",), models=(CLIP_MEANPOOL, FULL, ABLATIONS["text"], SCRATCH),
+            mode="smoke", seeds=(0, 1), presets=("easy",), models=(CLIP_MEANPOOL, FULL, SCRATCH),
             data_overrides=dict(rooms=2, products_per_room=4, clips_per_product=2, test_clips_per_product=1,
                                 frames_per_clip=3, image_size=48),
             knob_preset="easy", knob_values={}, curve_every=1, n_boot=500,
             pretrain=dict(shops=3, products_per_shop=4, frames_per_clip=2, epochs=1, batch_size=16, val_shops=1),
         )
-        cfg.train.update(epochs=2, batch_size=4)
+        cfg.train.update(epochs=2, batch_size=8)
         return cfg
     raise ValueError(f"unknown mode {mode!r}; choose smoke, standard or full")
 
@@ -144,8 +145,10 @@ def synth_config(cfg: AccuracyConfig, preset: str, seed: int, knob: Optional[tup
     return synth_preset(preset, **overrides)
 
 
+@functools.lru_cache(maxsize=None)
 def source_hash(*paths: Path) -> str:
-    """Hash of Python sources, so cached data and results go stale when the code changes."""
+    """Hash of Python sources, so cached data and results go stale when the code changes (read once
+    per process: one benchmark run keys all its results with the code it started with)."""
     h = hashlib.sha1()
     for path in paths:
         for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
@@ -668,12 +671,53 @@ def run(cfg: AccuracyConfig, doc: Path, img_dir: Path, out: Path, command: Optio
     return {"main": rows, "knobs": knob_rows, "seconds": seconds, "json": result_doc, "pretrain": pretrained}
 
 
+def estimate(cfg: AccuracyConfig, out: Path, jobs: int, threads: Optional[int], cores: int = 2) -> dict:
+    """Project the mode's duration from measured runs: the pretraining, and on each preset one seed
+    of full SGMN (the costliest model; ablations and the from-scratch row are counted at its cost,
+    an upper bound) and of ``clip-meanpool`` (the cheapest; ``rice-icl`` counted at its cost).
+    CPU-seconds are measured (wall time on a shared machine says little); the projection assumes
+    ``cores`` otherwise idle cores kept busy by ``jobs`` single-thread runs."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    pretrained = ensure_pretrain(cfg, out)
+    pre_cpu = pretrained["info"].get("cpu_seconds")  # as measured when it was computed (cached or not)
+    per_preset = {}
+    data_cpu = []
+    for preset in cfg.presets:
+        synth = synth_config(cfg, preset, cfg.seeds[0])
+        c1 = time.process_time()
+        if not (out / "data" / data_key(synth) / ".complete").exists():
+            ensure_data(synth, out / "data")
+            data_cpu.append(time.process_time() - c1)
+        rows = {spec.label: run_one(cfg, spec, synth, out, pretrained, threads) for spec in (FULL, CLIP_MEANPOOL)}
+        per_preset[preset] = {label: r["cpu_s"] for label, r in rows.items()}
+    n_seeds = len(cfg.seeds)
+    baselines = sum(1 for m in cfg.models if m.variant in ("clip-meanpool", "rice-icl"))
+    sgmn_like = len(cfg.models) - baselines
+    runs_cpu = sum(n_seeds * (sgmn_like * c[FULL.label] + baselines * c[CLIP_MEANPOOL.label]) for c in per_preset.values())
+    knob_runs = sum(len(v) for v in cfg.knob_values.values()) * n_seeds
+    default_cost = per_preset.get(cfg.knob_preset, next(iter(per_preset.values())))
+    runs_cpu += knob_runs * (default_cost[FULL.label] + default_cost[CLIP_MEANPOOL.label])
+    gen_cpu = (statistics.fmean(data_cpu) if data_cpu else 0.0) * len(cfg.presets) * n_seeds
+    parallel = max(1, min(jobs, cores))
+    wall = (pre_cpu or 0.0) + gen_cpu + runs_cpu / parallel
+    result = {"mode": cfg.mode, "pretrain_cpu_s": pre_cpu, "data_cpu_s_per_set": statistics.fmean(data_cpu) if data_cpu else None,
+              "run_cpu_s": per_preset, "runs": n_seeds * len(cfg.models) * len(cfg.presets) + knob_runs * 2,
+              "projected_cpu_min": ((pre_cpu or 0) + gen_cpu + runs_cpu) / 60,
+              "projected_wall_min": wall / 60, "jobs": jobs, "cores": cores,
+              "measured_in_s": time.perf_counter() - t0, "measured_cpu_s": time.process_time() - c0}
+    print(json.dumps(result, indent=1))
+    return result
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--standard", action="store_true", help="about an hour on a quiet 2-core CPU with --jobs 2")
     group.add_argument("--smoke", action="store_true", help="a few minutes; for the test suite")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the mode's seeds (>= 2)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="measure the pretraining and one seed of the cheapest / costliest model per preset, "
+                             "and project the mode's duration (writes no docs)")
     parser.add_argument("--jobs", type=int, default=1, help="training runs in parallel processes (2 on 2 cores)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's; 1 with --jobs 2)")
     parser.add_argument("--doc", type=Path, default=common.DOC, help="markdown file to write the section into")
@@ -691,6 +735,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         if len(set(args.seeds)) < 2:
             parser.error("--seeds: give at least two different seeds (CIs resample seeds)")
         cfg.seeds = tuple(args.seeds)
+    if args.estimate:
+        estimate(cfg, args.out, args.jobs, threads)
+        return
     run(cfg, args.doc, args.img_dir, args.out,
         command=common.command_line() if argv is None else "python benchmarks/accuracy.py " + " ".join(argv),
         json_path=args.json, jobs=args.jobs, threads=threads)

@@ -152,6 +152,7 @@ def test_paired_effect_refuses_unpaired_runs():
         accuracy.paired_effect(rows, "easy", "A", "B", 100)
 
 
+@pytest.mark.timeout(1800)  # a few minutes on a quiet 2-core machine; far more when 8 engineers share it
 def test_accuracy_smoke_trains_every_model_and_writes_its_section(tmp_path):
     doc = tmp_path / "benchmarks.md"
     out = tmp_path / "out"
@@ -192,7 +193,7 @@ def test_accuracy_smoke_trains_every_model_and_writes_its_section(tmp_path):
             assert cell["R@1"]["mean"] == pytest.approx(sum(runs) / len(runs))
     allowed = {"TGA", "TDB", "GCI", "SMF", "text", "vs_clip_meanpool"}
     for p, effects in doc_json["effects"].items():
-        assert set(effects) == {"text", "vs_clip_meanpool"} <= allowed  # the smoke mode's models
+        assert set(effects) == {"vs_clip_meanpool"} <= allowed  # the smoke mode's models
         for cell in effects.values():
             check_ci(cell)
         sgmn = [r["R@1"] for r in rows if r["preset"] == p and r["model"] == "SGMN"]
