@@ -105,6 +105,9 @@ class AccuracyConfig:
     # `sgmn train` picks from the starting point (paper for pretrained, scratch for random weights).
     train: dict = field(default_factory=lambda: dict(
         epochs=10, batch_size=16, warmup_ratio=0.1, num_workers=0, val_fraction=0.0, log_every=50))
+    # TrainConfig fields for the models that start from the pretrain checkpoint only (empty: the
+    # recipe `sgmn train` picks for a pretrained backbone); the from-scratch row keeps its recipe.
+    finetune: dict = field(default_factory=dict)
     curve_every: int = 1  # score every this many epochs on the test split (the last epoch always)
     # PretrainConfig fields replaced (empty: `sgmn pretrain`'s defaults).
     pretrain: dict = field(default_factory=dict)
@@ -204,10 +207,14 @@ def query_hits(rankings: dict, ground_truth: dict) -> dict:
     return {q: first_hit_rank(rankings[q], gt) if q in rankings else None for q, gt in ground_truth.items()}
 
 
-def run_key(cfg: AccuracyConfig, spec: ModelSpec, synth, pretrain_key: Optional[str]) -> str:
+def train_config(cfg: AccuracyConfig, spec: ModelSpec, seed: int):
     from sgmn.train.config import TrainConfig
 
-    train_cfg = TrainConfig(**cfg.train, seed=synth.seed)
+    return TrainConfig(**{**cfg.train, **(cfg.finetune if spec.start == "pretrain" else {})}, seed=seed)
+
+
+def run_key(cfg: AccuracyConfig, spec: ModelSpec, synth, pretrain_key: Optional[str]) -> str:
+    train_cfg = train_config(cfg, spec, synth.seed)
     blob = [data_key(synth), spec.variant, spec.overrides, spec.start, pretrain_key if spec.start == "pretrain" else None,
             train_cfg.to_dict(), cfg.curve_every, source_hash(common.REPO / "sgmn")]
     return hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -222,7 +229,6 @@ def run_one(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path, pretrained: 
     import sgmn
     from sgmn.data.readers import read_dataset
     from sgmn.eval.protocol import evaluate
-    from sgmn.train.config import TrainConfig
     from sgmn.train.loop import train
 
     if threads:
@@ -236,7 +242,7 @@ def run_one(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path, pretrained: 
     overrides = dict(spec.overrides_dict(), **{"text.cache_dir": str(out / "text-cache")})
     if spec.start == "pretrain":
         overrides["vision.pretrained"] = pretrained["path"]
-    train_cfg = TrainConfig(**cfg.train, seed=synth.seed)
+    train_cfg = train_config(cfg, spec, synth.seed)
     run_dir = out / "runs" / key
     shutil.rmtree(run_dir, ignore_errors=True)
     cpu0, t0 = time.process_time(), time.perf_counter()
