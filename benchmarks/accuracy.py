@@ -393,6 +393,12 @@ def _ci_text(d: Optional[dict], signed: bool = False) -> str:
     return f"{fmt.format(d['mean'])} [{fmt.format(d['ci95'][0])}, {fmt.format(d['ci95'][1])}]"
 
 
+def _bold_if_clear(d: Optional[dict]) -> str:
+    """A signed difference with its CI, bold when the CI excludes 0."""
+    text = _ci_text(d, True)
+    return f"**{text}**" if d and (d["ci95"][0] > 0 or d["ci95"][1] < 0) else text
+
+
 def goal_lines(doc: dict) -> list[str]:
     """Issue 9 goal 5, judged on the CIs (pass / fail / not measured)."""
     eff = doc["effects"]
@@ -406,10 +412,11 @@ def goal_lines(doc: dict) -> list[str]:
                      f"(SGMN − clip-meanpool {_ci_text(hard, True)}).")
     for comp, target in GOAL_PRESET.items():
         d = eff.get(target, {}).get(comp)
-        elsewhere = [p for p, e in eff.items() if e.get(comp) and e[comp]["mean"] >= 2 and e[comp]["ci95"][0] > 0]
-        also = f"; holds on: {', '.join(elsewhere)}" if elsewhere else "; holds on no preset"
+        measured = [p for p, e in eff.items() if e.get(comp)]
+        elsewhere = [p for p in measured if eff[p][comp]["mean"] >= 2 and eff[p][comp]["ci95"][0] > 0]
+        also = (f"; holds on: {', '.join(elsewhere)}" if elsewhere else "; holds on no preset") if measured else ""
         if d is None:
-            lines.append(f"- removing {comp} costs ≥ 2 R@1 points on `{target}`, CI above 0: **not measured** in this mode{also if eff else ''}.")
+            lines.append(f"- removing {comp} costs ≥ 2 R@1 points on `{target}`, CI above 0: **not measured** in this mode{also}.")
             continue
         ok = d["mean"] >= 2 and d["ci95"][0] > 0
         lines.append(f"- removing {comp} costs ≥ 2 R@1 points on `{target}` (its knobs' preset), CI above 0: "
@@ -471,6 +478,7 @@ def plot_curves(rows: list[dict], presets: Sequence[str], models: list[str], pat
                 ax.plot(epochs, means, marker="o", markersize=3, label=m)
         ax.set_title(p, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylim(0, 100)
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("test R@1 (%), mean over seeds")
@@ -568,15 +576,13 @@ def render(cfg: AccuracyConfig, rows: list[dict], knob_rows: list[dict], doc: di
     for name in EFFECTS:
         cells = []
         for p in cfg.presets:
-            d = doc["effects"][p].get(name)
-            text = _ci_text(d, True)
-            cells.append(f"**{text}**" if d and (d["ci95"][0] > 0 or d["ci95"][1] < 0) else text)
+            cells.append(_bold_if_clear(doc["effects"][p].get(name)))
         if any(c != "–" for c in cells):
             etable.append([f"SGMN − {EFFECTS[name]}" if name == "vs_clip_meanpool" else f"{name} (SGMN − SGMN without it)", *cells])
     scratch = [paired_effect(rows, p, FULL.label, SCRATCH.label, cfg.n_boot) if SCRATCH.label in models else None
                for p in cfg.presets]
     if any(scratch):
-        etable.append(["pretrained start (SGMN − SGMN from scratch)", *[_ci_text(d, True) for d in scratch]])
+        etable.append(["pretrained start (SGMN − SGMN from scratch)", *[_bold_if_clear(d) for d in scratch]])
     out += [common.markdown_table(["effect", *cfg.presets], etable), ""]
 
     out += ["### Goals (issue 9, point 5)", ""] + goal_lines(doc) + [""]
