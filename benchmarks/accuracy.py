@@ -1,31 +1,38 @@
-"""Accuracy of SGMN against the baselines and its own ablations on the synthetic presets.
+"""Accuracy of SGMN against the baselines and its own ablations on the synthetic presets, with
+paired bootstrap confidence intervals.
 
-    python benchmarks/accuracy.py --quick    # < 15 min on a 2-core CPU (smaller data, 3 epochs, 2 seeds)
-    python benchmarks/accuracy.py            # full sizes, 10 epochs, 3 seeds: for bigger machines
-    python benchmarks/accuracy.py --smoke    # about a minute; what tests/test_benchmarks.py runs
+    python benchmarks/accuracy.py --standard --jobs 2   # about an hour on a quiet 2-core CPU (see docs)
+    python benchmarks/accuracy.py                       # full sizes, 5 seeds, knob sweep: bigger machines
+    python benchmarks/accuracy.py --smoke               # a few minutes; what tests/test_benchmarks.py runs
 
 What it does, every model with the same data, training budget and seeds:
 
-1. on the synthetic presets ``easy``, ``default`` and ``hard``: ``clip-meanpool``, ``rice-icl``,
-   full SGMN and SGMN without each of TGA, TDB, GCI, SMF and the text branch — all on the
-   ``sgmn-tiny`` backbone (the registry gives the baselines the same tiny ViT), trained from
-   random weights with ``sgmn.train.loop.train`` and evaluated with ``sgmn.eval.protocol.evaluate``
-   (per-room galleries, video mode, main image); R@1/5/10 as mean ± std over the seeds;
-2. the four difficulty knobs of ``SynthConfig`` swept one at a time around the ``default``
-   preset (the others stay at the preset's values) for full SGMN vs ``clip-meanpool``.
+1. ``sgmn pretrain`` once (``sgmn.train.pretrain``, cached): the tiny vision tower and text
+   projection pretrained image-title contrastively on synthetic shops disjoint from every room here;
+2. on the presets ``easy``, ``default`` and ``hard``: ``clip-meanpool``, ``rice-icl`` (full mode),
+   full SGMN and SGMN without each of TGA, TDB, GCI, SMF and the text branch, every one fine-tuned
+   from that checkpoint (``model.vision.pretrained``; ``sgmn train``'s recipe then is the paper's),
+   plus full SGMN from random weights (the ``scratch`` recipe) for comparison. Training is
+   ``sgmn.train.loop.train``; each saved epoch on the curve is scored on the test split with
+   ``sgmn.eval.protocol.evaluate`` (per-room galleries, video mode, main image): the learning
+   curves. The last epoch's per-query hits give the results (no checkpoint is selected on test);
+3. 95% bootstrap CIs over seeds and queries (seeds resampled, then queries within each drawn seed):
+   for each model's R@1 / R@5, and for the *paired* differences full SGMN minus each ablation and
+   minus ``clip-meanpool`` (paired: same data, seed and queries for both models);
+4. (full mode) the four difficulty knobs swept one at a time around the ``default`` preset.
 
-A seed fixes both the synthetic data (``SynthConfig.seed``) and the training (``TrainConfig.seed``),
-so the spread covers data and initialisation. Each synthetic set is generated once per
-(preset / knob value, seed) into ``benchmarks/out/accuracy/data`` and reused, and each finished
-(data, seed, model, budget) result is kept in ``benchmarks/out/accuracy/results`` so an
-interrupted run resumes where it stopped. Writes the ``accuracy`` section of docs/benchmarks.md
-and plots under docs/img/.
+A seed fixes the synthetic data and the training. Synthetic sets are generated once per
+(preset / knob value, seed) into ``benchmarks/out/accuracy/data`` and every finished run is kept in
+``benchmarks/out/accuracy/results`` (keyed by data, model, budget, pretrain and code), so an
+interrupted run resumes. Writes the ``accuracy`` section of docs/benchmarks.md, the plots under
+docs/img/ and docs/benchmarks/accuracy.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -36,13 +43,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
 
 PRESETS = ("easy", "default", "hard")
 KNOBS = ("distractors", "domain_gap", "fine_grained", "asr_informativeness")
+JSON_PATH = common.REPO / "docs" / "benchmarks" / "accuracy.json"
 
 
 @dataclass(frozen=True)
@@ -50,68 +60,85 @@ class ModelSpec:
     label: str
     variant: str
     overrides: tuple[tuple[str, object], ...] = ()
+    start: str = "pretrain"  # "pretrain": fine-tuned from the `sgmn pretrain` checkpoint; "scratch": random init
 
     def overrides_dict(self) -> dict:
         return dict(self.overrides)
 
 
 FULL = ModelSpec("SGMN", "sgmn-tiny")
-MODELS: tuple[ModelSpec, ...] = (
-    ModelSpec("clip-meanpool", "clip-meanpool"),
-    ModelSpec("rice-icl", "rice-icl"),
-    FULL,
-    ModelSpec("SGMN − TGA", "sgmn-tiny", (("use_tga", False),)),
-    ModelSpec("SGMN − TDB", "sgmn-tiny", (("use_tdb", False),)),
-    ModelSpec("SGMN − GCI", "sgmn-tiny", (("use_gci", False),)),
-    ModelSpec("SGMN − SMF", "sgmn-tiny", (("use_smf", False),)),
-    ModelSpec("SGMN − text", "sgmn-tiny", (("use_text", False),)),
-)
-KNOB_MODELS = (FULL, MODELS[0])  # full SGMN vs clip-meanpool
+CLIP_MEANPOOL = ModelSpec("clip-meanpool", "clip-meanpool")
+RICE = ModelSpec("rice-icl", "rice-icl")
+SCRATCH = ModelSpec("SGMN (from scratch)", "sgmn-tiny", start="scratch")
+ABLATIONS = {  # effect name -> the model without that component
+    "TGA": ModelSpec("SGMN − TGA", "sgmn-tiny", (("use_tga", False),)),
+    "TDB": ModelSpec("SGMN − TDB", "sgmn-tiny", (("use_tdb", False),)),
+    "GCI": ModelSpec("SGMN − GCI", "sgmn-tiny", (("use_gci", False),)),
+    "SMF": ModelSpec("SGMN − SMF", "sgmn-tiny", (("use_smf", False),)),
+    "text": ModelSpec("SGMN − text", "sgmn-tiny", (("use_text", False),)),
+}
+MODELS: tuple[ModelSpec, ...] = (CLIP_MEANPOOL, RICE, FULL, *ABLATIONS.values(), SCRATCH)
+# effect name -> the model full SGMN is compared with (paired difference SGMN − it)
+EFFECTS = {**{k: m.label for k, m in ABLATIONS.items()}, "vs_clip_meanpool": CLIP_MEANPOOL.label}
+# Issue 9 goal 5: the preset whose difficulty knob each component targets. `hard` raises every
+# knob (distractors for TGA, the stream-side domain gap / motion for TDB and GCI, fine-grained
+# siblings for SMF's hard negatives), so it is the target of all four.
+GOAL_PRESET = {"TGA": "hard", "TDB": "hard", "GCI": "hard", "SMF": "hard"}
+KNOB_MODELS = (FULL, CLIP_MEANPOOL)
 
 
 @dataclass
 class AccuracyConfig:
     mode: str = "full"
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     presets: tuple[str, ...] = PRESETS
     models: tuple[ModelSpec, ...] = MODELS
     # SynthConfig fields replaced in every generated set (sizes only; difficulty stays the preset's).
-    data_overrides: dict = field(default_factory=dict)
-    # Knob sweep around `knob_preset`; the preset's own value is one of the points.
+    data_overrides: dict = field(default_factory=lambda: dict(test_clips_per_product=2))
+    # Knob sweep around `knob_preset` (empty: none); the preset's own value is one of the points.
     knob_preset: str = "default"
     knob_values: dict = field(default_factory=lambda: {
         "distractors": (0.1, 0.5, 0.9), "domain_gap": (0.15, 0.5, 0.85),
         "fine_grained": (0.0, 0.5, 0.9), "asr_informativeness": (0.0, 0.6, 1.0)})
     knob_models: tuple[ModelSpec, ...] = KNOB_MODELS
-    # TrainConfig fields, the same for every model. The tiny ViT starts from random weights, so it
-    # trains at the full learning rate (backbone_lr_factor 1, as `sgmn demo` does).
+    # TrainConfig fields, the same for every model. lr / backbone_lr_factor are left to the recipe
+    # `sgmn train` picks from the starting point (paper for pretrained, scratch for random weights).
     train: dict = field(default_factory=lambda: dict(
-        epochs=10, batch_size=16, lr=1e-3, backbone_lr_factor=1.0, warmup_ratio=0.1,
-        num_workers=0, val_fraction=0.0, log_every=50))
+        epochs=10, batch_size=16, warmup_ratio=0.1, num_workers=0, val_fraction=0.0, log_every=50))
+    # TrainConfig fields for the models that start from the pretrain checkpoint only (empty: the
+    # recipe `sgmn train` picks for a pretrained backbone); the from-scratch row keeps its recipe.
+    finetune: dict = field(default_factory=dict)
+    curve_every: int = 1  # score every this many epochs on the test split (the last epoch always)
+    # PretrainConfig fields replaced (empty: `sgmn pretrain`'s defaults).
+    pretrain: dict = field(default_factory=dict)
+    n_boot: int = 4000
 
 
 def mode_config(mode: str) -> AccuracyConfig:
     if mode == "full":
         return AccuracyConfig()
-    if mode == "quick":
-        cfg = AccuracyConfig(mode="quick", seeds=(0, 1),
-                             data_overrides=dict(rooms=3, clips_per_product=3, test_clips_per_product=1,
-                                                 frames_per_clip=6, image_size=64))
-        cfg.train["epochs"] = 3
+    if mode == "standard":
+        cfg = AccuracyConfig(
+            mode="standard", models=tuple(m for m in MODELS if m is not RICE), knob_values={},
+            data_overrides=dict(rooms=5, clips_per_product=3, test_clips_per_product=2, frames_per_clip=6,
+                                image_size=64),
+            curve_every=2)
+        cfg.train["epochs"] = 8
         return cfg
     if mode == "smoke":
         cfg = AccuracyConfig(
-            mode="smoke", seeds=(0, 1), presets=("easy",), models=(MODELS[0], FULL, MODELS[-1]),
+            mode="smoke", seeds=(0, 1), presets=("easy",), models=(CLIP_MEANPOOL, FULL, SCRATCH),
             data_overrides=dict(rooms=2, products_per_room=4, clips_per_product=2, test_clips_per_product=1,
                                 frames_per_clip=3, image_size=48),
-            knob_preset="easy", knob_values={"distractors": (0.1, 0.9)},
+            knob_preset="easy", knob_values={}, curve_every=1, n_boot=500,
+            pretrain=dict(shops=3, products_per_shop=4, frames_per_clip=2, epochs=1, batch_size=16, val_shops=1),
         )
-        cfg.train.update(epochs=1, batch_size=4)
+        cfg.train.update(epochs=2, batch_size=8)
         return cfg
-    raise ValueError(f"unknown mode {mode!r}; choose smoke, quick or full")
+    raise ValueError(f"unknown mode {mode!r}; choose smoke, standard or full")
 
 
-# ---------------------------------------------------------------- data
+# ---------------------------------------------------------------- data and pretraining
 def synth_config(cfg: AccuracyConfig, preset: str, seed: int, knob: Optional[tuple[str, float]] = None):
     from sgmn.data.synthetic import preset as synth_preset
 
@@ -121,8 +148,10 @@ def synth_config(cfg: AccuracyConfig, preset: str, seed: int, knob: Optional[tup
     return synth_preset(preset, **overrides)
 
 
+@functools.lru_cache(maxsize=None)
 def source_hash(*paths: Path) -> str:
-    """Hash of Python sources, so cached data and results go stale when the code changes."""
+    """Hash of Python sources, so cached data and results go stale when the code changes (read once
+    per process: one benchmark run keys all its results with the code it started with)."""
     h = hashlib.sha1()
     for path in paths:
         for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
@@ -157,127 +186,268 @@ def ensure_data(synth, data_root: Path) -> Path:
     return folder
 
 
-# ---------------------------------------------------------------- one run
-def run_one(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path) -> dict:
-    """Train ``spec`` on the set ``synth`` with the config's budget and seed, evaluate on its test split.
+def ensure_pretrain(cfg: AccuracyConfig, out: Path) -> dict:
+    """The `sgmn pretrain` checkpoint every pretrained model starts from (cached by config + code)."""
+    from sgmn.train.pretrain import PretrainConfig, pretrain
 
-    Results are cached by (data, model, budget); a cached result is returned as it was.
-    """
+    t0 = time.perf_counter()
+    result = pretrain(PretrainConfig().with_overrides(cfg.pretrain), cache_root=out / "pretrain",
+                      text_cache_dir=out / "text-cache", progress=False)
+    info = result.info
+    print(f"[pretrain] {'cached ' if result.cached else ''}{result.path} ({time.perf_counter() - t0:.0f} s): "
+          f"zero-shot {info.get('zero_shot')}", flush=True)
+    return {"path": str(result.path), "key": info["key"], "cached": result.cached, "info": info}
+
+
+# ---------------------------------------------------------------- one run
+def query_hits(rankings: dict, ground_truth: dict) -> dict:
+    """{query id: first-hit rank (None: never found)} from evaluate()'s rankings."""
+    from sgmn.eval.metrics import first_hit_rank
+
+    return {q: first_hit_rank(rankings[q], gt) if q in rankings else None for q, gt in ground_truth.items()}
+
+
+def train_config(cfg: AccuracyConfig, spec: ModelSpec, seed: int):
+    from sgmn.train.config import TrainConfig
+
+    return TrainConfig(**{**cfg.train, **(cfg.finetune if spec.start == "pretrain" else {})}, seed=seed)
+
+
+def run_key(cfg: AccuracyConfig, spec: ModelSpec, synth, pretrain_key: Optional[str]) -> str:
+    train_cfg = train_config(cfg, spec, synth.seed)
+    blob = [data_key(synth), spec.variant, spec.overrides, spec.start, pretrain_key if spec.start == "pretrain" else None,
+            train_cfg.to_dict(), cfg.curve_every, source_hash(common.REPO / "sgmn")]
+    return hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_one(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path, pretrained: Optional[dict],
+            threads: Optional[int] = None) -> dict:
+    """Train ``spec`` on ``synth`` with the config's budget and seed; score the curve epochs and keep
+    the last epoch's per-query ranks. Cached by :func:`run_key`."""
+    import torch
+
     import sgmn
     from sgmn.data.readers import read_dataset
     from sgmn.eval.protocol import evaluate
-    from sgmn.train.config import TrainConfig
     from sgmn.train.loop import train
 
+    if threads:
+        torch.set_num_threads(threads)
     data_dir = ensure_data(synth, out / "data")
-    train_cfg = TrainConfig(**cfg.train, seed=synth.seed)
-    # The whole package's source is part of the key: a result of older model code is not reused.
-    key = hashlib.sha1(json.dumps([data_key(synth), spec.variant, spec.overrides, train_cfg.to_dict(),
-                                   source_hash(common.REPO / "sgmn")],
-                                  sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = run_key(cfg, spec, synth, pretrained and pretrained["key"])
     cached = out / "results" / f"{key}.json"
     if cached.exists():
         return {**json.loads(cached.read_text()), "from_cache": True}
 
-    # Text vectors are shared by every run through one content-keyed cache.
     overrides = dict(spec.overrides_dict(), **{"text.cache_dir": str(out / "text-cache")})
+    if spec.start == "pretrain":
+        overrides["vision.pretrained"] = pretrained["path"]
+    train_cfg = train_config(cfg, spec, synth.seed)
     run_dir = out / "runs" / key
     shutil.rmtree(run_dir, ignore_errors=True)
-    t0 = time.perf_counter()
+    cpu0, t0 = time.process_time(), time.perf_counter()
     result = train(data_dir, "lpr4m", spec.variant, run_dir, train_config=train_cfg, model_overrides=overrides)
     train_s = time.perf_counter() - t0
-    model = sgmn.load_model(run_dir)
+    recipe = json.loads((run_dir / "train_config.json").read_text())
     data = read_dataset(data_dir, "lpr4m")
+    epochs = result.epochs_completed
+    curve_epochs = sorted({e for e in range(cfg.curve_every, epochs + 1, cfg.curve_every)} | {epochs})
+    curve, final = [], None
     t0 = time.perf_counter()
-    metrics = evaluate(model, data, split="test", progress=False).metrics
+    for e in curve_epochs:
+        model = sgmn.load_model(run_dir / f"epoch-{e:03d}")
+        res = evaluate(model, data, split="test", progress=False)
+        curve.append({"epoch": e, "R@1": res.metrics["R@1"], "R@5": res.metrics["R@5"]})
+        final = res
     eval_s = time.perf_counter() - t0
-    for k in ("R@1", "R@5", "R@10"):
-        if not math.isfinite(metrics[k]):
-            raise RuntimeError(f"{spec.label} on {data_dir}: {k} is not finite ({metrics[k]})")
+    metrics = final.metrics
+    ranks = query_hits(final.rankings, final.ground_truth)
+    queries = sorted(ranks)
+    hits1 = [int(ranks[q] is not None and ranks[q] <= 1) for q in queries]
+    hits5 = [int(ranks[q] is not None and ranks[q] <= 5) for q in queries]
+    if not math.isclose(100.0 * sum(hits1) / len(hits1), metrics["R@1"], abs_tol=1e-6):
+        raise RuntimeError(f"{spec.label}: per-query hits disagree with evaluate()'s R@1 {metrics['R@1']}")
     row = {
-        "model": spec.label, "variant": spec.variant, "overrides": dict(spec.overrides), "seed": synth.seed,
-        "data": data_key(synth), "synth": dataclasses.asdict(synth),
+        "model": spec.label, "variant": spec.variant, "overrides": dict(spec.overrides), "start": spec.start,
+        "seed": synth.seed, "data": data_key(synth), "synth": dataclasses.asdict(synth),
         **{k: metrics[k] for k in ("R@1", "R@3", "R@5", "R@10", "chance_R@1", "num_queries",
                                    "num_missing_predictions", "median_rank")},
         "gallery_products": metrics["protocol"]["gallery_products"],
+        "queries": queries, "hits@1": hits1, "hits@5": hits5, "curve": curve,
+        "recipe": {k: recipe[k] for k in ("recipe", "lr", "backbone_lr_factor")},
         "steps": result.step, "final_loss": result.last_losses.get("loss"),
-        "train_s": train_s, "eval_s": eval_s,
+        "train_s": train_s, "eval_s": eval_s, "cpu_s": time.process_time() - cpu0,
+        "threads": torch.get_num_threads(),
     }
     cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps(row, indent=1))
+    cached.write_text(json.dumps(row))
     shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints are not needed once scored
-    print(f"[run] {spec.label:<14} {data_key(synth)} ({result.step} steps, {train_s:.1f} s): "
-          f"R@1 {row['R@1']:.1f}  R@5 {row['R@5']:.1f}  R@10 {row['R@10']:.1f}  (chance {row['chance_R@1']:.1f})",
+    print(f"[run] {spec.label:<20} {data_key(synth)} ({result.step} steps, {train_s:.0f} s train, {eval_s:.0f} s eval, "
+          f"{row['cpu_s']:.0f} CPU-s): R@1 {row['R@1']:.1f}  R@5 {row['R@5']:.1f}  (chance {row['chance_R@1']:.1f})",
           flush=True)
     return {**row, "from_cache": False}
 
 
+def _run_task(args):  # a top-level function, so a process pool can pickle it
+    return args[-1], run_one(*args[:-1])
+
+
+def run_all(tasks: list[tuple], jobs: int, threads: Optional[int]) -> list[dict]:
+    """Run ``(cfg, spec, synth, out, pretrained, extra)`` tasks, in ``jobs`` processes when > 1;
+    each result is ``{**run_one(...), **extra}``, in task order."""
+    args = [(cfg, spec, synth, out, pretrained, threads, extra) for cfg, spec, synth, out, pretrained, extra in tasks]
+    if jobs <= 1:
+        results = [_run_task(a) for a in args]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_run_task, args))
+    return [{**row, **extra} for extra, row in results]
+
+
 # ---------------------------------------------------------------- statistics
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def bootstrap_ci(per_seed: Sequence[Sequence[float]], n_boot: int = 4000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and percentile CI of a per-query quantity, resampling seeds and queries within seeds.
+
+    ``per_seed[s]`` holds one value per query of seed ``s`` (a hit, or a paired hit difference).
+    Each replicate draws as many seeds as there are, with replacement, then for every drawn seed
+    its queries with replacement, and averages the per-seed means (every seed weighs the same).
+    Returns ``(mean over seeds of the per-seed means, lo, hi)``.
+    """
+    arrays = [np.asarray(v, dtype=np.float64) for v in per_seed]
+    if not arrays or any(a.size == 0 for a in arrays):
+        raise ValueError("bootstrap_ci needs at least one seed, each with at least one query")
+    rng = np.random.default_rng(seed)
+    n_seeds = len(arrays)
+    # boot[s, b, j]: mean of a query resample of seed s, for replicate b at draw position j. Hits and
+    # hit differences take few distinct values, so a resample is drawn as multinomial counts of the
+    # distinct values (the same distribution as drawing queries with replacement, far cheaper).
+    boot = np.empty((n_seeds, n_boot, n_seeds))
+    for s, a in enumerate(arrays):
+        values, counts = np.unique(a, return_counts=True)
+        draws = rng.multinomial(a.size, counts / a.size, size=(n_boot, n_seeds))
+        boot[s] = draws @ values / a.size
+    pick = rng.integers(0, n_seeds, size=(n_boot, n_seeds)) if n_seeds > 1 else np.zeros((n_boot, 1), dtype=int)
+    stats = boot[pick, np.arange(n_boot)[:, None], np.arange(n_seeds)[None, :]].mean(1)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
+    return float(np.mean([a.mean() for a in arrays])), float(lo), float(hi)
 
 
-def pm(values: list[float]) -> str:
-    m, s = mean_std(values)
-    return f"{m:.1f} ± {s:.1f}"
+def _rows_by(rows: list[dict], preset: str, model: str) -> dict[int, dict]:
+    return {r["seed"]: r for r in rows if r["preset"] == preset and r["model"] == model}
 
 
-def summarise(rows: list[dict], group: tuple[str, ...]) -> dict:
-    """{group values: {metric: [values over seeds]}}."""
-    out: dict = {}
-    for r in rows:
-        key = tuple(r[g] for g in group)
-        d = out.setdefault(key, {})
-        for k in ("R@1", "R@5", "R@10", "chance_R@1", "train_s", "steps"):
-            d.setdefault(k, []).append(r[k])
-    return out
+def model_ci(rows: list[dict], preset: str, model: str, metric: str, n_boot: int) -> Optional[dict]:
+    """R@1 or R@5 of one model with its 95% CI, in points."""
+    runs = _rows_by(rows, preset, model)
+    if not runs:
+        return None
+    hits = f"hits@{metric[2:]}"
+    m, lo, hi = bootstrap_ci([runs[s][hits] for s in sorted(runs)], n_boot)
+    return {"mean": 100 * m, "ci95": [100 * lo, 100 * hi]}
 
 
-def ablation_verdicts(rows: list[dict], presets: tuple[str, ...]) -> list[str]:
-    """One honest sentence per component: did removing it lower R@1, beyond the seed spread?"""
-    stats = summarise(rows, ("preset", "model"))
+def paired_effect(rows: list[dict], preset: str, a: str, b: str, n_boot: int, metric: str = "R@1") -> Optional[dict]:
+    """R@k of model ``a`` minus model ``b`` in points, paired per seed and query, with its 95% CI."""
+    ra, rb = _rows_by(rows, preset, a), _rows_by(rows, preset, b)
+    seeds = sorted(set(ra) & set(rb))
+    if not seeds:
+        return None
+    hits = f"hits@{metric[2:]}"
+    diffs = []
+    for s in seeds:
+        if ra[s]["queries"] != rb[s]["queries"] or ra[s]["data"] != rb[s]["data"]:
+            raise ValueError(f"{a} and {b} on {preset} seed {s} were not scored on the same queries")
+        diffs.append(np.asarray(ra[s][hits], float) - np.asarray(rb[s][hits], float))
+    m, lo, hi = bootstrap_ci(diffs, n_boot)
+    return {"mean": 100 * m, "ci95": [100 * lo, 100 * hi]}
+
+
+def results_json(cfg: AccuracyConfig, rows: list[dict]) -> dict:
+    """The docs/benchmarks/accuracy.json document (schema: issue 9 point 4)."""
+    doc: dict = {"presets": {}, "effects": {}}
+    labels = [m.label for m in cfg.models]
+    for p in cfg.presets:
+        models = {}
+        for m in labels:
+            r1, r5 = model_ci(rows, p, m, "R@1", cfg.n_boot), model_ci(rows, p, m, "R@5", cfg.n_boot)
+            if r1 is not None:
+                models[m] = {"R@1": r1, "R@5": r5}
+        doc["presets"][p] = {"models": models}
+        effects = {}
+        for name, other in EFFECTS.items():
+            if FULL.label in labels and other in labels:
+                effects[name] = paired_effect(rows, p, FULL.label, other, cfg.n_boot)
+        doc["effects"][p] = effects
+    return doc
+
+
+def _ci_text(d: Optional[dict], signed: bool = False) -> str:
+    if d is None:
+        return "–"
+    fmt = "{:+.1f}" if signed else "{:.1f}"
+    return f"{fmt.format(d['mean'])} [{fmt.format(d['ci95'][0])}, {fmt.format(d['ci95'][1])}]"
+
+
+def _bold_if_clear(d: Optional[dict]) -> str:
+    """A signed difference with its CI, bold when the CI excludes 0."""
+    text = _ci_text(d, True)
+    return f"**{text}**" if d and (d["ci95"][0] > 0 or d["ci95"][1] < 0) else text
+
+
+def goal_lines(doc: dict) -> list[str]:
+    """Issue 9 goal 5, judged on the CIs (pass / fail / not measured)."""
+    eff = doc["effects"]
     lines = []
-    for label in dict.fromkeys(r["model"] for r in rows if r["model"].startswith("SGMN − ")):
-        parts, helped = [], 0
-        for p in presets:
-            full, ablated = stats.get((p, FULL.label)), stats.get((p, label))
-            if not full or not ablated:
-                continue
-            (mf, sf), (ma, sa) = mean_std(full["R@1"]), mean_std(ablated["R@1"])
-            delta = mf - ma  # > 0: the component helped
-            clear = delta > max(sf, sa)
-            helped += clear
-            parts.append(f"{p} {delta:+.1f}")
-        component = label.split("− ", 1)[1]
-        verdict = ("helped beyond the seed spread on " + f"{helped} of {len(parts)} presets" if helped
-                   else "did **not** help beyond the seed spread on any preset")
-        lines.append(f"- **{component}**: full SGMN minus SGMN without it, R@1 points: {', '.join(parts)} — {verdict}.")
+    hard = eff.get("hard", {}).get("vs_clip_meanpool")
+    if hard is None:
+        lines.append("- SGMN ≥ clip-meanpool + 10 R@1 points on `hard`, CI above 0: **not measured** in this mode.")
+    else:
+        ok = hard["mean"] >= 10 and hard["ci95"][0] > 0
+        lines.append(f"- SGMN ≥ clip-meanpool + 10 R@1 points on `hard`, CI above 0: **{'PASS' if ok else 'FAIL'}** "
+                     f"(SGMN − clip-meanpool {_ci_text(hard, True)}).")
+    for comp, target in GOAL_PRESET.items():
+        d = eff.get(target, {}).get(comp)
+        measured = [p for p, e in eff.items() if e.get(comp)]
+        elsewhere = [p for p in measured if eff[p][comp]["mean"] >= 2 and eff[p][comp]["ci95"][0] > 0]
+        also = (f"; holds on: {', '.join(elsewhere)}" if elsewhere else "; holds on no preset") if measured else ""
+        if d is None:
+            lines.append(f"- removing {comp} costs ≥ 2 R@1 points on `{target}`, CI above 0: **not measured** in this mode{also}.")
+            continue
+        ok = d["mean"] >= 2 and d["ci95"][0] > 0
+        lines.append(f"- removing {comp} costs ≥ 2 R@1 points on `{target}` (its knobs' preset), CI above 0: "
+                     f"**{'PASS' if ok else 'FAIL'}** (SGMN − SGMN without {comp}: {_ci_text(d, True)}){also}.")
+    lines.append("- demo model: ASR changes v (mean cos < 0.99) and TGA's map finds the product (≥ 1.5× a uniform "
+                 "map's mass in the box): measured by `sgmn eval`'s mechanism metrics in `make demo`, not by this script.")
     return lines
 
 
 # ---------------------------------------------------------------- plots
-def plot_models(rows: list[dict], presets: tuple[str, ...], models: list[str], path: Path) -> None:
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    stats = summarise(rows, ("preset", "model"))
-    fig, ax = plt.subplots(figsize=(7.5, 3.4), dpi=100)
+    return plt
+
+
+def plot_models(doc: dict, presets: Sequence[str], models: list[str], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.5, 3.6), dpi=100)
     width = 0.8 / len(models)
     x = np.arange(len(presets))
     for i, m in enumerate(models):
-        ms = [mean_std(stats[(p, m)]["R@1"]) for p in presets]
-        ax.bar(x + (i - (len(models) - 1) / 2) * width, [v[0] for v in ms], width, yerr=[v[1] for v in ms],
-               label=m, capsize=2)
-    chance = [mean_std(stats[(p, models[0])]["chance_R@1"])[0] for p in presets]
-    ax.scatter(x, chance, marker="_", s=800, color="black", zorder=3, label="chance")
+        cells = [doc["presets"][p]["models"].get(m, {}).get("R@1") for p in presets]
+        means = [c["mean"] if c else np.nan for c in cells]
+        err = [[c["mean"] - c["ci95"][0] if c else 0 for c in cells], [c["ci95"][1] - c["mean"] if c else 0 for c in cells]]
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, means, width, yerr=err, label=m, capsize=2)
     ax.set_xticks(x, presets)
-    ax.set_ylabel("R@1 (%)")
+    ax.set_ylabel("test R@1 (%), 95% CI")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7, ncol=3)
     ax.grid(True, axis="y", alpha=0.3)
@@ -287,19 +457,47 @@ def plot_models(rows: list[dict], presets: tuple[str, ...], models: list[str], p
     plt.close(fig)
 
 
+def curve_means(rows: list[dict], preset: str, model: str) -> tuple[list[int], list[float]]:
+    """Test R@1 per scored epoch, mean over seeds."""
+    by_epoch: dict[int, list[float]] = {}
+    for r in rows:
+        if r["preset"] == preset and r["model"] == model:
+            for point in r["curve"]:
+                by_epoch.setdefault(point["epoch"], []).append(point["R@1"])
+    epochs = sorted(by_epoch)
+    return epochs, [statistics.fmean(by_epoch[e]) for e in epochs]
+
+
+def plot_curves(rows: list[dict], presets: Sequence[str], models: list[str], path: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(presets), figsize=(3.3 * len(presets), 3.0), dpi=100, squeeze=False)
+    for ax, p in zip(axes[0], presets):
+        for m in models:
+            epochs, means = curve_means(rows, p, m)
+            if epochs:
+                ax.plot(epochs, means, marker="o", markersize=3, label=m)
+        ax.set_title(p, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylim(0, 100)
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("test R@1 (%), mean over seeds")
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_knobs(rows: list[dict], knobs: list[str], models: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    stats = summarise(rows, ("knob", "value", "model"))
+    plt = _plt()
     fig, axes = plt.subplots(1, len(knobs), figsize=(2.6 * len(knobs), 2.8), dpi=100, squeeze=False)
     for ax, knob in zip(axes[0], knobs):
         for m in models:
-            values = sorted({k[1] for k in stats if k[0] == knob and k[2] == m})
-            ms = [mean_std(stats[(knob, v, m)]["R@1"]) for v in values]
-            ax.errorbar(values, [a for a, _ in ms], yerr=[b for _, b in ms], marker="o", capsize=2, label=m)
+            values = sorted({r["value"] for r in rows if r["knob"] == knob and r["model"] == m})
+            means = [statistics.fmean(r["R@1"] for r in rows if r["knob"] == knob and r["model"] == m and r["value"] == v)
+                     for v in values]
+            ax.plot(values, means, marker="o", label=m)
         ax.set_title(knob, fontsize=9)
         ax.set_xlabel("knob value", fontsize=8)
         ax.set_ylim(0, 100)
@@ -313,105 +511,120 @@ def plot_knobs(rows: list[dict], knobs: list[str], models: list[str], path: Path
 
 
 # ---------------------------------------------------------------- report
-def render(cfg: AccuracyConfig, main_rows: list[dict], knob_rows: list[dict], info: dict, command: str,
-           seconds: float, plots: dict) -> str:
+def render(cfg: AccuracyConfig, rows: list[dict], knob_rows: list[dict], doc: dict, pretrained: dict, info: dict,
+           command: str, seconds: float, plots: dict) -> str:
     from sgmn.train.config import TrainConfig
 
-    presets = cfg.presets
     models = [m.label for m in cfg.models]
-    stats = summarise(main_rows, ("preset", "model"))
-    runs = {(r["data"], r["model"]): r for r in main_rows + knob_rows}
-    fresh = {(r["data"], r["model"]) for r in main_rows + knob_rows if not r.get("from_cache")}
+    runs = {(r["data"], r["model"]): r for r in rows + knob_rows}
+    fresh = [r for r in runs.values() if not r.get("from_cache")]
     reuse = "" if len(fresh) == len(runs) else (
         f"; {len(runs) - len(fresh)} of the {len(runs)} runs were read from the results cache of an earlier run")
+    cpu = sum(r["cpu_s"] for r in runs.values())
     out = [f"## Accuracy on the synthetic presets ({cfg.mode} mode)", "",
-           f"Command: `{command}` — finished in {seconds / 60:.1f} min ({len(fresh)} training runs{reuse}).", "",
+           f"Command: `{command}` — finished in {seconds / 60:.1f} min wall ({len(fresh)} training runs{reuse}); "
+           f"the runs' own CPU time adds up to {cpu / 60:.1f} CPU-min.", "",
            common.machine_markdown(info), ""]
     train_cfg = TrainConfig(**cfg.train)
+    pinfo = pretrained["info"]
+    zs = pinfo.get("zero_shot") or {}
+    recipes = sorted({(r["start"], json.dumps(r["recipe"], sort_keys=True)) for r in rows})
     out += [
-        "Every model is trained from **random weights** (no CLIP weights can be downloaded here) on the "
-        f"`sgmn-tiny` backbone ({_backbone_words()}), with the same "
-        "data, the same training budget and the same seeds, then evaluated with the per-room protocol (video mode, "
-        "main image; a query ranks only its own room's products). A seed fixes both the synthetic data and the "
-        "training. Cells are mean ± sample std over the seeds, in percent.", "",
-        f"- seeds: {list(cfg.seeds)}",
-        f"- training (every model): epochs {train_cfg.epochs}, batch {train_cfg.batch_size}, AdamW lr "
-        f"{train_cfg.lr:g} (backbone factor {train_cfg.backbone_lr_factor:g}), warm-up {train_cfg.warmup_ratio:g} "
-        f"then cosine, weight decay {train_cfg.weight_decay:g}, grad clip {train_cfg.grad_clip}, {train_cfg.precision}",
+        f"Every model uses the `sgmn-tiny` backbone ({_backbone_words()}). All but `SGMN (from scratch)` are "
+        "fine-tuned from one `sgmn pretrain` checkpoint (`model.vision.pretrained`): the tiny vision tower and "
+        f"text projection pretrained image-title contrastively on {pinfo['synthetic']['rooms']} synthetic shops "
+        f"(seed {pinfo['synthetic']['seed']}, disjoint from every room here), {pinfo['steps']} steps"
+        + (f", zero-shot image → title R@1 within a held-out shop {zs.get('shop_image_to_title_R@1', float('nan')):.1f} "
+           f"(frames {zs.get('frame_to_title_R@1', float('nan')):.1f}; chance {zs.get('chance_R@1', float('nan')):.1f})"
+           if zs else "") + f"; key `{pretrained['key']}`. Same data, budget and seeds for every model; evaluated "
+        "with the per-room protocol (video mode, main image; a query ranks only its own room's products), on the "
+        "last epoch (no checkpoint is picked on test).", "",
+        f"- seeds: {list(cfg.seeds)} (a seed fixes the synthetic data and the training)",
+        f"- training (every model): epochs {train_cfg.epochs}, batch {train_cfg.batch_size}, AdamW, warm-up "
+        f"{train_cfg.warmup_ratio:g} then cosine, weight decay {train_cfg.weight_decay:g}, grad clip {train_cfg.grad_clip}, "
+        f"{train_cfg.precision}; learning rates from `sgmn train`'s recipe: "
+        + "; ".join(f"{start}: {json.loads(r)}" for start, r in recipes),
         f"- synthetic data: the presets with these sizes replaced: `{json.dumps(cfg.data_overrides)}`"
         if cfg.data_overrides else "- synthetic data: the presets at their own sizes",
+        f"- 95% CIs: bootstrap ({cfg.n_boot} replicates) over seeds and, within each drawn seed, over queries; "
+        "differences are paired (same data, seed and queries for both models)",
         "",
     ]
     sizes = []
-    for p in presets:
-        r = next(r for r in main_rows if r["preset"] == p)
+    for p in cfg.presets:
+        r = next(r for r in rows if r["preset"] == p)
         s = r["synth"]
-        sizes.append([p, f"{s['rooms']} × {s['products_per_room']}", s["clips_per_product"], r["num_queries"],
-                      f"{s['frames_per_clip']} × {s['image_size']} px", s["distractors"], s["domain_gap"],
-                      s["fine_grained"], s["asr_informativeness"], s["asr_missing"],
-                      f"{mean_std(stats[(p, models[0])]['steps'])[0]:.0f}"])
+        steps = statistics.fmean(x["steps"] for x in rows if x["preset"] == p)
+        sizes.append([p, f"{s['rooms']} × {s['products_per_room']}", s["clips_per_product"],
+                      f"{r['num_queries']} × {len(cfg.seeds)} seeds", f"{s['frames_per_clip']} × {s['image_size']} px",
+                      s["distractors"], s["domain_gap"], s["fine_grained"], s["asr_informativeness"], s["asr_missing"],
+                      f"{steps:.0f}", f"{r['chance_R@1']:.1f}"])
     out += [common.markdown_table(
         ["preset", "rooms × products", "train clips / product", "test queries", "frames", "distractors",
-         "domain gap", "fine-grained", "ASR informativeness", "ASR missing", "optimiser steps"], sizes), ""]
+         "domain gap", "fine-grained", "ASR informativeness", "ASR missing", "optimiser steps", "chance R@1"], sizes), ""]
 
-    headers = ["model"] + [f"{p} {k}" for p in presets for k in ("R@1", "R@5", "R@10")]
-    table = []
-    for m in models:
-        table.append([m] + [pm(stats[(p, m)][k]) for p in presets for k in ("R@1", "R@5", "R@10")])
-    table.append(["chance (R@1)"] + [x for p in presets
-                                     for x in (f"{mean_std(stats[(p, models[0])]['chance_R@1'])[0]:.1f}", "", "")])
-    out += ["### SGMN vs baselines and ablations", ""]
-    if cfg.mode != "full":
-        out += [f"**{cfg.mode.capitalize()} mode trains each model for only a few dozen steps on a few dozen test "
-                "queries per preset: differences of a few points are within the noise. Use the full mode "
-                "(`python benchmarks/accuracy.py`, more seeds and epochs) before drawing conclusions.**", ""]
-    out += [common.markdown_table(headers, table), ""]
-    if any(r["gallery_products"] / max(1, r["synth"]["rooms"]) <= 10 for r in main_rows):
-        out += ["R@10 is 100 by construction where a room has 10 products or fewer.", ""]
+    out += ["### R@1 and R@5 with 95% CIs", ""]
+    table = [[m] + [_ci_text(doc["presets"][p]["models"].get(m, {}).get(k)) for p in cfg.presets for k in ("R@1", "R@5")]
+             for m in models]
+    out += [common.markdown_table(["model"] + [f"{p} {k}" for p in cfg.presets for k in ("R@1", "R@5")], table), ""]
     if plots.get("models"):
-        out += [f"![R@1 per model and preset]({plots['models']})", ""]
-    out += ["What each component did here (a component *helped* on a preset when full SGMN's mean R@1 exceeds "
-            "the ablation's by more than either's seed std):", ""] + ablation_verdicts(main_rows, presets) + [""]
-    base = {m: [mean_std(stats[(p, m)]["R@1"])[0] for p in presets] for m in models}
-    if FULL.label in base and "clip-meanpool" in base:
-        diffs = ", ".join(f"{p} {f - c:+.1f}" for p, f, c in zip(presets, base[FULL.label], base["clip-meanpool"]))
-        out += [f"Full SGMN minus clip-meanpool, R@1 points: {diffs}.", ""]
-    if _same_rankings(main_rows, "clip-meanpool", "rice-icl"):
-        out += ["`rice-icl` scored exactly like `clip-meanpool` in every run. This is expected here, not a bug: "
-                "each synthetic product has one shop image and product images are not augmented, so two clips of "
-                "the same product in a batch face two *identical* product columns, and InfoNCE with "
-                "label positives (RICE) then equals InfoNCE with batch-index positives (CLIP4Clip). The two differ "
-                "only when a product's images differ (several images or augmentation).", ""]
-    train_s = [r["train_s"] for r in runs.values()]
-    out += [f"Training took {statistics.fmean(train_s):.1f} s per run on average ({len(train_s)} distinct runs).", ""]
+        out += [f"![R@1 per model and preset, 95% CIs]({plots['models']})", ""]
+
+    out += ["### What each component earns: paired differences in R@1 points, 95% CIs", "",
+            "Full SGMN minus the model named (positive: SGMN is better; the CI excludes 0 when it is bold).", ""]
+    etable = []
+    for name in EFFECTS:
+        cells = []
+        for p in cfg.presets:
+            cells.append(_bold_if_clear(doc["effects"][p].get(name)))
+        if any(c != "–" for c in cells):
+            etable.append([f"SGMN − {EFFECTS[name]}" if name == "vs_clip_meanpool" else f"{name} (SGMN − SGMN without it)", *cells])
+    scratch = [paired_effect(rows, p, FULL.label, SCRATCH.label, cfg.n_boot) if SCRATCH.label in models else None
+               for p in cfg.presets]
+    if any(scratch):
+        etable.append(["pretrained start (SGMN − SGMN from scratch)", *[_bold_if_clear(d) for d in scratch]])
+    out += [common.markdown_table(["effect", *cfg.presets], etable), ""]
+
+    out += ["### Goals (issue 9, point 5)", ""] + goal_lines(doc) + [""]
+
+    out += ["### Learning curves", "",
+            "Test R@1 after each scored epoch, mean over seeds. The change over the last scored interval says whether "
+            "the budget was enough for the curve to flatten:", ""]
+    flat = []
+    for p in cfg.presets:
+        for m in models:
+            epochs, means = curve_means(rows, p, m)
+            if len(epochs) >= 2:
+                flat.append([p, m, " → ".join(f"{v:.1f}" for v in means), f"{means[-1] - means[-2]:+.1f}"])
+    out += [common.markdown_table(["preset", "model", "test R@1 per scored epoch " + str(curve_means(rows, cfg.presets[0], models[0])[0]),
+                                   "last interval"], flat), ""]
+    if plots.get("curves"):
+        out += [f"![test R@1 per epoch]({plots['curves']})", ""]
 
     if knob_rows:
-        kstats = summarise(knob_rows, ("knob", "value", "model"))
         kmodels = [m.label for m in cfg.knob_models]
         out += ["### Difficulty knobs, one at a time", "",
-                f"Each knob is swept around the `{cfg.knob_preset}` preset (the other knobs keep the preset's values; "
-                "the preset's own value is the middle point and reuses the runs above).", ""]
+                f"Each knob swept around the `{cfg.knob_preset}` preset (the other knobs keep the preset's values); "
+                "mean R@1 over seeds.", ""]
         krows = []
         for knob in cfg.knob_values:
             for v in sorted(cfg.knob_values[knob]):
-                cells = [pm(kstats[(knob, v, m)]["R@1"]) for m in kmodels]
-                krows.append([knob, v, *cells, f"{mean_std(kstats[(knob, v, kmodels[0])]['chance_R@1'])[0]:.1f}"])
-        out += [common.markdown_table(["knob", "value", *[f"{m} R@1" for m in kmodels], "chance R@1"], krows), ""]
+                cells = [f"{statistics.fmean(r['R@1'] for r in knob_rows if r['knob'] == knob and r['value'] == v and r['model'] == m):.1f}"
+                         for m in kmodels]
+                krows.append([knob, v, *cells])
+        out += [common.markdown_table(["knob", "value", *[f"{m} R@1" for m in kmodels]], krows), ""]
         if plots.get("knobs"):
             out += [f"![R@1 against each difficulty knob]({plots['knobs']})", ""]
-    out += ["Raw per-run results (every seed, R@3, median rank, times) are in "
-            f"`benchmarks/out/accuracy/{cfg.mode}-results.json` after a run."]
+
+    per_run = [r["cpu_s"] for r in runs.values()]
+    train_s = [r["train_s"] + r["eval_s"] for r in runs.values()]
+    out += [f"Per run: {statistics.fmean(train_s):.1f} s wall (train + curve evaluation) and "
+            f"{statistics.fmean(per_run):.1f} CPU-s on average over {len(per_run)} runs; the pretraining took "
+            f"{pinfo['seconds']:.0f} s ({pinfo.get('cpu_seconds', float('nan')):.0f} CPU-s){' (cached here)' if pretrained['cached'] else ''}.",
+            "",
+            "Results with their CIs are in `docs/benchmarks/accuracy.json`; every run (per-query ranks, curves, "
+            f"times) in `benchmarks/out/accuracy/{cfg.mode}-results.json` after a run."]
     return "\n".join(out)
-
-
-def _same_rankings(rows: list[dict], a: str, b: str) -> bool:
-    """Whether models ``a`` and ``b`` reached the same R@1/3/5/10 and median rank on every set."""
-    def scores(label):
-        return {r["data"]: tuple(round(r[k], 6) for k in ("R@1", "R@3", "R@5", "R@10", "median_rank"))
-                for r in rows if r["model"] == label}
-
-    sa, sb = scores(a), scores(b)
-    return bool(sa) and sa == sb
 
 
 def _backbone_words() -> str:
@@ -424,65 +637,122 @@ def _backbone_words() -> str:
 
 
 # ---------------------------------------------------------------- main
-def run(cfg: AccuracyConfig, doc: Path, img_dir: Path, out: Path, command: Optional[str] = None) -> dict:
+def run(cfg: AccuracyConfig, doc: Path, img_dir: Path, out: Path, command: Optional[str] = None,
+        json_path: Path = JSON_PATH, jobs: int = 1, threads: Optional[int] = None) -> dict:
     started = time.perf_counter()
     info = common.machine_info()
     out.mkdir(parents=True, exist_ok=True)
-    main_rows = []
+    pretrained = ensure_pretrain(cfg, out)
+    tasks = []
     for preset in cfg.presets:
         for seed in cfg.seeds:
             synth = synth_config(cfg, preset, seed)
-            for spec in cfg.models:
-                main_rows.append({**run_one(cfg, spec, synth, out), "preset": preset})
-    knob_rows = []
+            ensure_data(synth, out / "data")  # before any worker starts: no two processes write one set
+            tasks += [(cfg, spec, synth, out, pretrained, {"preset": preset}) for spec in cfg.models]
     for knob, values in cfg.knob_values.items():
         for value in values:
             for seed in cfg.seeds:
                 synth = synth_config(cfg, cfg.knob_preset, seed, (knob, value))
-                for spec in cfg.knob_models:
-                    knob_rows.append({**run_one(cfg, spec, synth, out), "knob": knob, "value": value})
+                ensure_data(synth, out / "data")
+                tasks += [(cfg, spec, synth, out, pretrained, {"knob": knob, "value": value}) for spec in cfg.knob_models]
+    results = run_all(tasks, jobs, threads)
+    rows = [r for r in results if "preset" in r]
+    knob_rows = [r for r in results if "knob" in r]
 
+    result_doc = results_json(cfg, rows)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result_doc, indent=1) + "\n")
     plots = {}
-    models_png = img_dir / f"accuracy-{cfg.mode}-models.png"
-    plot_models(main_rows, cfg.presets, [m.label for m in cfg.models], models_png)
-    plots["models"] = os.path.relpath(models_png.resolve(), doc.parent.resolve())
-    if knob_rows:
-        knobs_png = img_dir / f"accuracy-{cfg.mode}-knobs.png"
-        plot_knobs(knob_rows, list(cfg.knob_values), [m.label for m in cfg.knob_models], knobs_png)
-        plots["knobs"] = os.path.relpath(knobs_png.resolve(), doc.parent.resolve())
+    labels = [m.label for m in cfg.models]
+    for name, fn, args in (("models", plot_models, (result_doc, cfg.presets, labels)),
+                           ("curves", plot_curves, (rows, cfg.presets, labels)),
+                           ("knobs", plot_knobs, (knob_rows, list(cfg.knob_values), [m.label for m in cfg.knob_models]))):
+        if name == "knobs" and not knob_rows:
+            continue
+        png = img_dir / f"accuracy-{cfg.mode}-{name}.png"
+        fn(*args, png)
+        plots[name] = os.path.relpath(png.resolve(), doc.parent.resolve())
     seconds = time.perf_counter() - started
     command = command or common.command_line()
     (out / f"{cfg.mode}-results.json").write_text(json.dumps(
         {"command": command, "machine": info, "seconds": seconds, "config": dataclasses.asdict(cfg),
-         "main": main_rows, "knobs": knob_rows}, indent=1, default=str))
-    body = render(cfg, main_rows, knob_rows, info, command, seconds, plots)
+         "pretrain": pretrained, "main": rows, "knobs": knob_rows}, default=str))
+    body = render(cfg, rows, knob_rows, result_doc, pretrained, info, command, seconds, plots)
     common.write_section("accuracy", body, doc)
     print(body)
-    return {"main": main_rows, "knobs": knob_rows, "seconds": seconds}
+    return {"main": rows, "knobs": knob_rows, "seconds": seconds, "json": result_doc, "pretrain": pretrained}
+
+
+def estimate(cfg: AccuracyConfig, out: Path, jobs: int, threads: Optional[int], cores: int = 2) -> dict:
+    """Project the mode's duration from measured runs: the pretraining, and on each preset one seed
+    of full SGMN (the costliest model; ablations and the from-scratch row are counted at its cost,
+    an upper bound) and of ``clip-meanpool`` (the cheapest; ``rice-icl`` counted at its cost).
+    CPU-seconds are measured (wall time on a shared machine says little); the projection assumes
+    ``cores`` otherwise idle cores kept busy by ``jobs`` single-thread runs."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    pretrained = ensure_pretrain(cfg, out)
+    pre_cpu = pretrained["info"].get("cpu_seconds")  # as measured when it was computed (cached or not)
+    per_preset = {}
+    data_cpu = []
+    for preset in cfg.presets:
+        synth = synth_config(cfg, preset, cfg.seeds[0])
+        c1 = time.process_time()
+        if not (out / "data" / data_key(synth) / ".complete").exists():
+            ensure_data(synth, out / "data")
+            data_cpu.append(time.process_time() - c1)
+        rows = {spec.label: run_one(cfg, spec, synth, out, pretrained, threads) for spec in (FULL, CLIP_MEANPOOL)}
+        per_preset[preset] = {label: r["cpu_s"] for label, r in rows.items()}
+    n_seeds = len(cfg.seeds)
+    baselines = sum(1 for m in cfg.models if m.variant in ("clip-meanpool", "rice-icl"))
+    sgmn_like = len(cfg.models) - baselines
+    runs_cpu = sum(n_seeds * (sgmn_like * c[FULL.label] + baselines * c[CLIP_MEANPOOL.label]) for c in per_preset.values())
+    knob_runs = sum(len(v) for v in cfg.knob_values.values()) * n_seeds
+    default_cost = per_preset.get(cfg.knob_preset, next(iter(per_preset.values())))
+    runs_cpu += knob_runs * (default_cost[FULL.label] + default_cost[CLIP_MEANPOOL.label])
+    gen_cpu = (statistics.fmean(data_cpu) if data_cpu else 0.0) * len(cfg.presets) * n_seeds
+    parallel = max(1, min(jobs, cores))
+    wall = (pre_cpu or 0.0) + gen_cpu + runs_cpu / parallel
+    result = {"mode": cfg.mode, "pretrain_cpu_s": pre_cpu, "data_cpu_s_per_set": statistics.fmean(data_cpu) if data_cpu else None,
+              "run_cpu_s": per_preset, "runs": n_seeds * len(cfg.models) * len(cfg.presets) + knob_runs * 2,
+              "projected_cpu_min": ((pre_cpu or 0) + gen_cpu + runs_cpu) / 60,
+              "projected_wall_min": wall / 60, "jobs": jobs, "cores": cores,
+              "measured_in_s": time.perf_counter() - t0, "measured_cpu_s": time.process_time() - c0}
+    print(json.dumps(result, indent=1))
+    return result
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="< 15 min on a 2-core CPU")
-    group.add_argument("--smoke", action="store_true", help="about a minute; for the test suite")
+    group.add_argument("--standard", action="store_true", help="about an hour on a quiet 2-core CPU with --jobs 2")
+    group.add_argument("--smoke", action="store_true", help="a few minutes; for the test suite")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the mode's seeds (>= 2)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="measure the pretraining and one seed of the cheapest / costliest model per preset, "
+                             "and project the mode's duration (writes no docs)")
+    parser.add_argument("--jobs", type=int, default=1, help="training runs in parallel processes (2 on 2 cores)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's; 1 with --jobs 2)")
     parser.add_argument("--doc", type=Path, default=common.DOC, help="markdown file to write the section into")
+    parser.add_argument("--json", type=Path, default=JSON_PATH, help="where the results with CIs go")
     parser.add_argument("--img-dir", type=Path, default=common.IMG_DIR)
     parser.add_argument("--out", type=Path, default=common.OUT_DIR / "accuracy", help="data, caches, raw results")
     args = parser.parse_args(argv)
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = mode_config("quick" if args.quick else "smoke" if args.smoke else "full")
+    threads = args.threads or (1 if args.jobs > 1 else None)
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = mode_config("standard" if args.standard else "smoke" if args.smoke else "full")
     if args.seeds is not None:
         if len(set(args.seeds)) < 2:
-            parser.error("--seeds: give at least two different seeds (results are mean ± std over seeds)")
+            parser.error("--seeds: give at least two different seeds (CIs resample seeds)")
         cfg.seeds = tuple(args.seeds)
+    if args.estimate:
+        estimate(cfg, args.out, args.jobs, threads)
+        return
     run(cfg, args.doc, args.img_dir, args.out,
-        command=common.command_line() if argv is None else "python benchmarks/accuracy.py " + " ".join(argv))
+        command=common.command_line() if argv is None else "python benchmarks/accuracy.py " + " ".join(argv),
+        json_path=args.json, jobs=args.jobs, threads=threads)
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def step(graph, cross, cfg, G: int, rows: int) -> float:
     p = F.normalize(torch.randn(G, d), dim=-1).requires_grad_()
     labels = torch.arange(G) // 2  # two clips per product
 
-    relevance = graph.relevances(frame_feats, frame_mask[:rows], product_tokens)
+    relevance = graph.relevances_and_means(frame_feats, frame_mask[:rows], product_tokens)
     if rows < G:  # the other ranks' rows arrive through the all-gather
         relevance = tuple(torch.cat([r, torch.randn(G - rows, G)]) for r in relevance)
     out = graph(v, p, None, frame_mask, product_tokens, relevances=relevance)

@@ -1,4 +1,4 @@
-"""`sgmn` command line: synth | train | eval | index | query | serve | demo.
+"""`sgmn` command line: synth | pretrain | train | eval | index | query | serve | demo.
 
 Each area registers its own commands (``register(app)`` in its ``cli`` module) so that the
 options of a command live next to the code that runs it.
@@ -20,7 +20,7 @@ app = typer.Typer(
 
 COMMAND_MODULES = (
     "sgmn.data.cli",  # synth, inspect
-    "sgmn.train.cli",  # train
+    "sgmn.train.cli",  # train, pretrain
     "sgmn.eval.cli",  # eval
     "sgmn.retrieval.cli",  # index, query
     "sgmn.serve.cli",  # serve

@@ -107,31 +107,110 @@ def test_speed_smoke_writes_its_section(tmp_path):
     assert all(r["step_s"] > 0 and r["peak_bytes"] > 0 and r["param_bytes"] > 0 for r in results["train"])
 
 
+# ---------------------------------------------------------------- accuracy statistics
+def _hits(rng, p, n=150, seeds=5):
+    return [(rng.random(n) < p).astype(float) for _ in range(seeds)]
+
+
+def test_bootstrap_ci_finds_a_known_effect_and_covers_no_effect():
+    """Over many simulated benchmarks (5 seeds x 150 queries of paired hits): a true +20-point
+    effect gives a CI above 0 that brackets it; no effect gives a CI that covers 0 (>= 95% of the time)."""
+    rng = np.random.default_rng(0)
+    excluded = bracketed = covered = 0
+    trials = 40
+    for t in range(trials):
+        strong, weak, same = _hits(rng, 0.55), _hits(rng, 0.35), _hits(rng, 0.55)
+        mean, lo, hi = accuracy.bootstrap_ci([a - b for a, b in zip(strong, weak)], n_boot=500, seed=t)
+        excluded += lo > 0
+        bracketed += lo < 0.2 < hi
+        mean, lo, hi = accuracy.bootstrap_ci([a - b for a, b in zip(strong, same)], n_boot=500, seed=t)
+        covered += lo < 0 < hi
+    assert excluded == trials and bracketed >= 0.9 * trials
+    assert covered >= 0.95 * trials
+    # one model's recall: CI around the mean, inside [0, 1]
+    strong = _hits(rng, 0.55)
+    mean, lo, hi = accuracy.bootstrap_ci(strong, n_boot=2000)
+    assert 0 <= lo < mean < hi <= 1 and abs(mean - 0.55) < 0.06
+    # deterministic for a seed; identical paired hits give exactly [0, 0]
+    assert accuracy.bootstrap_ci(strong, n_boot=500) == accuracy.bootstrap_ci(strong, n_boot=500)
+    assert accuracy.bootstrap_ci([a - a for a in strong], n_boot=500) == (0.0, 0.0, 0.0)
+
+
+def test_bootstrap_resamples_seeds_too():
+    """Seeds that disagree widen the CI beyond what the queries alone would give."""
+    rng = np.random.default_rng(1)
+    consistent = [(rng.random(400) < 0.5).astype(float) for _ in range(5)]
+    spread = [(rng.random(400) < p).astype(float) for p in (0.2, 0.35, 0.5, 0.65, 0.8)]
+    w1 = np.subtract(*accuracy.bootstrap_ci(consistent, n_boot=2000)[2:0:-1])
+    w2 = np.subtract(*accuracy.bootstrap_ci(spread, n_boot=2000)[2:0:-1])
+    assert w2 > 2 * w1
+
+
+def test_paired_effect_refuses_unpaired_runs():
+    rows = [{"preset": "easy", "model": m, "seed": 0, "data": "d", "queries": q, "hits@1": [1, 0]}
+            for m, q in (("A", ["q1", "q2"]), ("B", ["q1", "q3"]))]
+    with pytest.raises(ValueError, match="same queries"):
+        accuracy.paired_effect(rows, "easy", "A", "B", 100)
+
+
+@pytest.mark.timeout(1800)  # a few minutes on a quiet 2-core machine; far more when 8 engineers share it
 def test_accuracy_smoke_trains_every_model_and_writes_its_section(tmp_path):
     doc = tmp_path / "benchmarks.md"
     out = tmp_path / "out"
+    json_path = tmp_path / "accuracy.json"
     cfg = accuracy.mode_config("smoke")
-    results = accuracy.run(cfg, doc, tmp_path / "img", out, command="accuracy --smoke")
+    results = accuracy.run(cfg, doc, tmp_path / "img", out, command="accuracy --smoke", json_path=json_path)
     rows = results["main"]
     assert {r["model"] for r in rows} == {m.label for m in cfg.models}
     assert {r["seed"] for r in rows} == set(cfg.seeds)
     for r in rows:
         assert 0.0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 100.0
         assert r["num_missing_predictions"] == 0 and r["steps"] >= 1
-    # the same data and budget for every model of a seed
+        assert len(r["hits@1"]) == len(r["queries"]) == r["num_queries"]
+        assert [p["epoch"] for p in r["curve"]] == [1, 2] and r["curve"][-1]["R@1"] == r["R@1"]
+        # fine-tuned from the pretrain checkpoint with the paper's recipe, or from scratch with its own
+        assert r["recipe"]["recipe"] == ("scratch" if r["start"] == "scratch" else "paper")
+    assert {r["start"] for r in rows} == {"pretrain", "scratch"}
+    # the same data, queries and budget for every model of a seed (paired comparisons)
     for seed in cfg.seeds:
-        assert len({(r["data"], r["steps"]) for r in rows if r["seed"] == seed}) == 1
-    # a knob value equal to the preset's reuses the preset's data
-    preset_data = {r["data"] for r in rows}
-    assert {r["data"] for r in results["knobs"] if r["value"] == 0.1} <= preset_data
+        assert len({(r["data"], r["steps"], tuple(r["queries"])) for r in rows if r["seed"] == seed}) == 1
+
+    # docs/benchmarks/accuracy.json: exactly the issue's schema
+    doc_json = json.loads(json_path.read_text())
+    assert set(doc_json) == {"presets", "effects"}
+    assert set(doc_json["presets"]) == set(cfg.presets) == set(doc_json["effects"])
+
+    def check_ci(cell):
+        assert set(cell) == {"mean", "ci95"} and len(cell["ci95"]) == 2
+        assert cell["ci95"][0] <= cell["mean"] <= cell["ci95"][1]
+
+    for p, body in doc_json["presets"].items():
+        assert set(body) == {"models"} and set(body["models"]) == {m.label for m in cfg.models}
+        for m, cell in body["models"].items():
+            assert set(cell) == {"R@1", "R@5"}
+            check_ci(cell["R@1"]), check_ci(cell["R@5"])
+            assert 0 <= cell["R@1"]["ci95"][0] and cell["R@5"]["ci95"][1] <= 100
+            runs = [r["R@1"] for r in rows if r["preset"] == p and r["model"] == m]
+            assert cell["R@1"]["mean"] == pytest.approx(sum(runs) / len(runs))
+    allowed = {"TGA", "TDB", "GCI", "SMF", "text", "vs_clip_meanpool"}
+    for p, effects in doc_json["effects"].items():
+        assert set(effects) == {"vs_clip_meanpool"} <= allowed  # the smoke mode's models
+        for cell in effects.values():
+            check_ci(cell)
+        sgmn = [r["R@1"] for r in rows if r["preset"] == p and r["model"] == "SGMN"]
+        base = [r["R@1"] for r in rows if r["preset"] == p and r["model"] == "clip-meanpool"]
+        assert effects["vs_clip_meanpool"]["mean"] == pytest.approx((sum(sgmn) - sum(base)) / len(sgmn))
+
     text = doc.read_text()
-    assert "<!-- accuracy:start -->" in text and "accuracy --smoke" in text and " ± " in text
-    assert (tmp_path / "img" / "accuracy-smoke-models.png").exists()
-    # each synthetic set is generated once and reused: a second run trains nothing new
+    assert "<!-- accuracy:start -->" in text and "accuracy --smoke" in text
+    assert "### Goals (issue 9, point 5)" in text and "not measured" in text
+    for name in ("models", "curves"):
+        assert (tmp_path / "img" / f"accuracy-smoke-{name}.png").stat().st_size > 1000
+    # each synthetic set and the pretraining are done once: a second run trains nothing new
     n_sets = len(list((out / "data").iterdir()))
-    again = accuracy.run(cfg, doc, tmp_path / "img", out, command="accuracy --smoke")
-    assert len(list((out / "data").iterdir())) == n_sets
-    assert [r["R@1"] for r in again["main"]] == [r["R@1"] for r in rows]
+    again = accuracy.run(cfg, doc, tmp_path / "img", out, command="accuracy --smoke", json_path=json_path)
+    assert len(list((out / "data").iterdir())) == n_sets and again["pretrain"]["cached"]
+    assert [r["hits@1"] for r in again["main"]] == [r["hits@1"] for r in rows]
     assert all(r["from_cache"] for r in again["main"]) and not any(r["from_cache"] for r in rows)
     assert "runs were read from the results cache" in doc.read_text()
 

@@ -254,11 +254,16 @@ def test_nan_loss_stops_with_step_and_terms(tmp_path):
 
 
 def test_optimizer_is_adamw_with_the_recipe_defaults():
-    opt = build_optimizer(ToyModel(), TrainConfig())
+    with pytest.raises(ValueError, match="recipe"):  # lr is chosen by the recipe first
+        build_optimizer(ToyModel(), TrainConfig())
+    config, _ = TrainConfig().resolve_recipe(pretrained_backbone=True)
+    opt = build_optimizer(ToyModel(), config)
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-6
     decays = {g["name"]: g["weight_decay"] for g in opt.param_groups}
     assert decays == {"backbone/decay": 0.2, "backbone/no_decay": 0.0, "new/decay": 0.2, "new/no_decay": 0.0}
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs["new/decay"] == pytest.approx(3e-4) and lrs["backbone/decay"] == pytest.approx(3e-7)
 
 
 def record_step_grads(trainer) -> list[dict]:

@@ -113,6 +113,10 @@ def build_model(config: SGMNConfig):
         if missing:
             log.warning("vision weights from %s left %d tensors at random init: %s",
                         config.vision.pretrained, len(missing), missing[:8])
+        if Path(config.vision.pretrained).is_dir():  # a `sgmn pretrain` folder also holds text heads
+            from sgmn.model.pretrained import load_text_projections
+
+            load_text_projections(model, config.vision.pretrained)
     return model
 
 

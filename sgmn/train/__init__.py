@@ -1,7 +1,8 @@
 """Training: ``TrainConfig``, the optimiser/schedule of the paper's recipe, and the loop.
 
 ``from sgmn.train import train, TrainConfig`` is what ``sgmn train`` runs; ``Trainer`` trains any
-model with the ``forward(batch) -> {"loss", "losses"}`` contract on any dataset. Names are
+model with the ``forward(batch) -> {"loss", "losses"}`` contract on any dataset; ``sgmn.train.pretrain``
+(``sgmn pretrain``) makes the image-title pretrained start. Names are
 imported on first use, so the command line starts without loading torch.
 """
 
@@ -13,6 +14,7 @@ _MODULE_OF = {
     "Trainer": "sgmn.train.loop",
     "TrainResult": "sgmn.train.loop",
     "train": "sgmn.train.loop",
+    "PretrainConfig": "sgmn.train.pretrain",
 }
 __all__ = sorted(_MODULE_OF)
 

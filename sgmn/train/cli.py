@@ -112,5 +112,36 @@ def train_command(
         )
 
 
+def pretrain_command(
+    model: str = typer.Option("sgmn-tiny", "--model", help="Variant whose vision tower / text projection to pretrain."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: the cache, ~/.cache/sgmn/pretrain/KEY)."),
+    seed: int = typer.Option(0, "--seed"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    set_: list[str] = typer.Option([], "--set", help="key=value override of a PretrainConfig field, e.g. shops=80."),
+) -> None:
+    """CLIP-style image-title pretraining on synthetic shops disjoint from every benchmark room (cached)."""
+    from sgmn.train.pretrain import PretrainConfig, pretrain
+
+    try:
+        overrides = parse_assignments(set_)
+        overrides.update({"model": model, "seed": seed, **({"epochs": epochs} if epochs is not None else {})})
+        config = PretrainConfig().with_overrides(overrides)
+        from sgmn.model.registry import get_config
+
+        get_config(model)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--set / --model")
+    try:
+        result = pretrain(config, out=out)
+    except FileExistsError as e:
+        raise typer.BadParameter(str(e), param_hint="--out")
+    zs = result.info.get("zero_shot", {})
+    scores = (f"; zero-shot frame->title R@1 {zs['frame_to_title_R@1']:.1f}, shop image->title "
+              f"{zs['shop_image_to_title_R@1']:.1f} (chance {zs['chance_R@1']:.1f})") if zs else ""
+    typer.echo(f"[sgmn pretrain] {'cached: ' if result.cached else ''}{result.path}{scores}")
+    typer.echo(f"fine-tune from it: sgmn train --model {model} --set model.vision.pretrained={result.path} ...")
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(train_command)
+    app.command("pretrain")(pretrain_command)

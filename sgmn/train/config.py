@@ -2,8 +2,22 @@
 
 ``TrainConfig`` holds every knob of ``sgmn train``. Defaults follow the paper's recipe
 (docs: /work/shared/spec/method.md "Training recipe"): AdamW, betas (0.9, 0.98), eps 1e-6,
-weight decay 0.2 (not on biases, norms and embeddings), lr 3e-4 for new modules and
-3e-4 x 1e-3 for the CLIP backbone, 10% linear warm-up then cosine, 10 epochs, clip 1.0.
+weight decay 0.2 (not on biases, norms and embeddings), 10% linear warm-up then cosine,
+10 epochs, clip 1.0 -- except the learning rates, which follow the model's starting point.
+
+Learning-rate recipe (``recipe``, ``lr``, ``backbone_lr_factor``). The paper fine-tunes a
+pretrained CLIP: lr 3e-4 for new modules and 3e-4 x 1e-3 for the backbone, so CLIP's features
+are only nudged. Applied to a randomly initialised backbone that recipe leaves the backbone
+frozen in practice and the model at chance, so ``recipe="auto"`` (the default) picks:
+
+- ``"paper"``  (lr 3e-4, backbone factor 1e-3) when the vision backbone starts from pretrained
+  weights (``model.vision.pretrained`` set: a CLIP checkpoint or a ``sgmn pretrain`` output);
+- ``"scratch"`` (lr 1e-3, backbone factor 1.0, what ``sgmn demo`` uses) when it starts from
+  random weights.
+
+``lr`` / ``backbone_lr_factor`` left at ``None`` take the recipe's value; a value set explicitly
+(``--lr``, ``--set train.backbone_lr_factor=...``, a config JSON) always wins. ``resolve_recipe``
+fills them in; the run folder's ``train_config.json`` stores the resolved values and recipe.
 
 ``batch_size`` is **per rank**: the global batch seen by the batch-wide losses is
 ``batch_size * world_size`` (the paper's 256 = 8 GPUs x 32), and one optimiser step sees
@@ -24,6 +38,14 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Recipe = Literal["auto", "scratch", "paper"]
+
+# The learning rates of each recipe (see the module doc).
+RECIPES: dict[str, dict[str, float]] = {
+    "scratch": {"lr": 1e-3, "backbone_lr_factor": 1.0},
+    "paper": {"lr": 3e-4, "backbone_lr_factor": 1e-3},
+}
+RECIPE_FIELDS = ("lr", "backbone_lr_factor")
 
 
 @dataclass
@@ -35,8 +57,10 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimiser step
 
     # Optimiser (AdamW) and schedule (linear warm-up, then cosine to zero)
-    lr: float = 3e-4
-    backbone_lr_factor: float = 1e-3  # lr of parameters under `backbone.` = lr * factor
+    # "auto": "paper" for a pretrained backbone, "scratch" for a random one (module doc).
+    recipe: Recipe = "auto"
+    lr: Optional[float] = None  # None = the recipe's (1e-3 scratch, 3e-4 paper)
+    backbone_lr_factor: Optional[float] = None  # lr of `backbone.` params = lr * factor; None = recipe's
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     weight_decay: float = 0.2  # never on biases, norm gains, embeddings or other 1-d params
@@ -90,7 +114,11 @@ class TrainConfig:
         need(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
         need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         need(self.grad_accum >= 1, "grad_accum", f"must be >= 1, got {self.grad_accum}")
-        need(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        need(self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        need(self.backbone_lr_factor is None or self.backbone_lr_factor >= 0, "backbone_lr_factor",
+             f"must be >= 0, got {self.backbone_lr_factor}")
+        need(self.recipe in ("auto", "scratch", "paper"), "recipe",
+             f"must be auto, scratch or paper, got {self.recipe!r}")
         need(len(self.betas) == 2, "betas", f"must be two numbers, got {self.betas}")
         need(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         need(
@@ -118,6 +146,32 @@ class TrainConfig:
 
     def resolve_deterministic(self, device_type: str) -> bool:
         return (device_type != "cuda") if self.deterministic is None else self.deterministic
+
+    # ---- the learning-rate recipe -------------------------------------------------------
+    @property
+    def is_resolved(self) -> bool:
+        return self.recipe != "auto" and all(getattr(self, f) is not None for f in RECIPE_FIELDS)
+
+    def resolve_recipe(self, pretrained_backbone: bool) -> tuple["TrainConfig", str]:
+        """``(config with lr / backbone_lr_factor filled in, one line saying what was chosen)``.
+
+        ``recipe="auto"`` becomes ``"paper"`` for a pretrained backbone and ``"scratch"``
+        otherwise; fields set explicitly are kept as they are.
+        """
+        name = self.recipe
+        if name == "auto":
+            name = "paper" if pretrained_backbone else "scratch"
+        values = RECIPES[name]
+        filled = {f: values[f] for f in RECIPE_FIELDS if getattr(self, f) is None}
+        explicit = [f for f in RECIPE_FIELDS if getattr(self, f) is not None]
+        resolved = dataclasses.replace(self, recipe=name, **filled)
+        why = {
+            "auto": "the vision backbone starts from pretrained weights" if pretrained_backbone
+            else "the vision backbone starts from random weights",
+        }.get(self.recipe, "set explicitly")
+        line = (f"recipe {name!r} ({why}): lr {resolved.lr:g}, backbone_lr_factor {resolved.backbone_lr_factor:g}"
+                + (f"; kept the explicit {', '.join(explicit)}" if explicit else ""))
+        return resolved, line
 
     # ---- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -155,6 +209,12 @@ class TrainConfig:
                 raise ValueError(f"unknown train config field {key!r}; known: {sorted(d)}")
             d[key] = parse_value(value) if isinstance(value, str) else value
         return TrainConfig.from_dict(d)
+
+
+def starts_pretrained(model: Any) -> bool:
+    """Whether a model's vision backbone was loaded from pretrained weights (``vision.pretrained``)."""
+    vision = getattr(getattr(model, "config", None), "vision", None)
+    return bool(getattr(vision, "pretrained", None))
 
 
 def parse_value(text: str) -> Any:

@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from sgmn.errors import DataError, SGMNError
 from sgmn.train import distributed as dist_utils
-from sgmn.train.config import TrainConfig
+from sgmn.train.config import TrainConfig, starts_pretrained
 from sgmn.train.optim import build_optimizer, build_scheduler, clip_gradients, clip_groups
 
 TRAIN_STATE = "train_state.pt"
@@ -232,6 +232,8 @@ class Trainer:
         collate_fn: Optional[Callable] = None,
         validate: Optional[Validator] = None,
     ):
+        if not config.is_resolved:  # lr / backbone factor follow the model's starting point
+            config = config.resolve_recipe(starts_pretrained(model))[0]
         self.config = config
         self.out_dir = Path(out_dir)
         self.dataset = dataset
@@ -758,6 +760,11 @@ def train(
         else:
             model = sgmn.create_model(model_name, **(model_overrides or {}))
         mcfg = model.config
+        # The learning rates follow the starting point (scratch vs pretrained backbone) unless set.
+        if not cfg.is_resolved:
+            cfg, recipe_line = cfg.resolve_recipe(starts_pretrained(model))
+            if rank == 0:
+                print(f"[sgmn train] {recipe_line} (saved in {out_dir / 'train_config.json'})", flush=True)
         seed_everything(cfg.seed + rank)  # different dropout per rank
 
         text_train = text_val = None

@@ -50,6 +50,9 @@ def no_decay_names(model: nn.Module) -> set[str]:
 
 def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     """AdamW parameter groups; each carries a ``name`` ("backbone/decay", ...) for logging."""
+    if config.lr is None or config.backbone_lr_factor is None:
+        raise ValueError("train config: lr / backbone_lr_factor are unset: resolve the recipe first "
+                         "(TrainConfig.resolve_recipe)")
     skip_decay = no_decay_names(model)
     buckets: dict[str, list] = {}
     settings = {
