@@ -26,22 +26,30 @@ def register(app: typer.Typer) -> None:
         innersource: bool = typer.Option(False, "--innersource", help="MovingFashion: rank only against products of the query's own source group (default: allsource)"),
     ):
         """Evaluate a checkpoint with the per-room protocol (R@1/3/5/10, ranks, breakdowns)."""
-        import torch
-
-        import sgmn
-        from sgmn.data.readers import READERS, read_dataset
-        from sgmn.eval.protocol import evaluate, format_table
+        from sgmn.data.readers import READERS
+        from sgmn.errors import exit_with, user_errors
 
         # Checked before the model and the data are loaded, naming the option at fault.
         for option, value, allowed in (("--format", format, tuple(READERS)), ("--mode", mode, ("video", "frame")),
                                        ("--gallery", gallery, ("main", "all")), ("--on-error", on_error, ("raise", "skip"))):
             if value not in allowed:
-                raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=option)
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = sgmn.load_model(checkpoint).to(dev)
-        dataset = read_dataset(data, format, on_error=on_error)
-        result = evaluate(model, dataset, split=split, mode=mode, gallery=gallery, batch_size=batch_size,
-                          device=dev, num_workers=num_workers, on_error=on_error, same_group_only=innersource)
+                exit_with(f"{option} {value!r} is not one of {', '.join(allowed)}")
+        for option, path in (("--data", data), ("--checkpoint", checkpoint)):
+            if not path.exists():
+                exit_with(f"{option} {path}: no such file or folder")
+
+        import torch
+
+        import sgmn
+        from sgmn.data.readers import read_dataset
+        from sgmn.eval.protocol import evaluate, format_table
+
+        with user_errors():  # a wrong checkpoint or bad data: one line, exit code 2
+            dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            model = sgmn.load_model(checkpoint).to(dev)
+            dataset = read_dataset(data, format, on_error=on_error)
+            result = evaluate(model, dataset, split=split, mode=mode, gallery=gallery, batch_size=batch_size,
+                              device=dev, num_workers=num_workers, on_error=on_error, same_group_only=innersource)
         result.metrics["model"]["checkpoint"] = str(checkpoint)
         if dataset.skipped:
             result.metrics["data"]["skipped_while_reading"] = dict(dataset.skipped)

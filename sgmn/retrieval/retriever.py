@@ -214,9 +214,20 @@ class Retriever:
     ) -> "Retriever":
         """Open (or create) a store. ``model``: a model, a checkpoint path (run folder, saved
         folder or published .bin; remembered in the store), or None (use the remembered one)."""
+        checkpoint = None
+        if isinstance(model, (str, Path)):
+            # Load the model before touching the store: a wrong checkpoint must not leave a
+            # new, empty store folder behind.
+            import sgmn
+
+            checkpoint = Path(model)
+            model = sgmn.load_model(checkpoint)
         store = GalleryStore(store_dir, create=create)
         try:
-            return cls(store, model=model, config=config)
+            retriever = cls(store, model=model, config=config)
+            if checkpoint is not None:
+                store.set_meta("checkpoint", str(checkpoint.resolve()))
+            return retriever
         except BaseException:
             store.close()
             raise
@@ -322,6 +333,7 @@ class Retriever:
         replace: bool = False,
         on_error: str = "raise",
         create_room: bool = False,
+        progress: Optional[Any] = None,
     ) -> AddReport:
         """Add products ``(product_id, images, title)`` (or :class:`Product` records) to a room.
 
@@ -329,7 +341,8 @@ class Retriever:
         image. ``replace``: products that exist are updated instead of refused. ``on_error``:
         ``"raise"`` on the first bad id or image, or ``"skip"`` it and list it in the report (a
         product keeps its readable images and is skipped only when none is readable).
-        Products are committed ``config.batch_size`` images at a time.
+        Products are committed ``config.batch_size`` images at a time. ``progress(n)`` (e.g. a
+        tqdm's ``update``) is called as products are decoded and encoded.
         """
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -346,7 +359,7 @@ class Retriever:
                 raise AlreadyExists(f"products already in room {room!r}: {existing} (use replace=True or update_product)")
             if create_room:
                 self.store.create_room(room, exist_ok=True)
-            self._write(room, prepared, report)
+            self._write(room, prepared, report, progress=progress)
         return report
 
     def update_product(
@@ -418,7 +431,9 @@ class Retriever:
                 report.skipped_products.append(str(err))
         return prepared
 
-    def _write(self, room: str, prepared: list[_Prepared], report: AddReport, allow_other_models: bool = False) -> None:
+    def _write(
+        self, room: str, prepared: list[_Prepared], report: AddReport, allow_other_models: bool = False, progress=None
+    ) -> None:
         fp = self.fingerprint
         if not allow_other_models and self.store.count_products() > 0:
             self.check_model()
@@ -428,6 +443,8 @@ class Retriever:
             vectors = self._encode_product(p)
             batch.append(NewProduct(p.product_id, p.title, p.sources, vectors))
             n_images += len(p.images)
+            if progress is not None:
+                progress(1)
             if n_images >= self.config.batch_size:
                 self._commit(room, batch, fp, report)
                 batch, n_images = [], 0

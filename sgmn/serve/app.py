@@ -26,6 +26,7 @@ import sgmn
 from sgmn.errors import DataError, MediaError
 from sgmn.retrieval import AlreadyExists, InvalidId, ModelMismatch, NoModel, NotFound, Retriever, validate_id
 from sgmn.retrieval.errors import MAX_ID_LENGTH
+from sgmn.retrieval.schema import FrameView, QueryResponse, query_response
 from sgmn.serve import previews, uploads
 from sgmn.serve.limits import BodySizeLimit
 
@@ -92,29 +93,8 @@ class ProductDeleted(BaseModel):
     product_id: str
 
 
-class HitInfo(BaseModel):
-    rank: int
-    product_id: str
-    title: Optional[str]
-    score: float
-    image_url: str
-
-
-class FrameView(BaseModel):
-    index: int = Field(description="position of the frame in the uploaded clip / frame list")
-    image: str = Field(description="the sampled frame as a JPEG data URL (thumbnail)")
-    width: int
-    height: int
-    heatmap: Optional[str] = Field(description="text-guided attention as an RGBA PNG data URL of the same size")
-    attention: Optional[list[list[float]]] = Field(description="the raw (g, g) attention map")
-
-
-class QueryResponse(BaseModel):
-    room_id: str
-    asr: Optional[str]
-    model: str
-    hits: list[HitInfo]
-    frames: list[FrameView]
+# The query answer (QueryResponse, HitInfo, FrameView) is shared with `sgmn query --json`:
+# sgmn/retrieval/schema.py.
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -297,29 +277,20 @@ def create_app(retriever: Retriever, settings: Optional[ServeSettings] = None) -
 
 
 def _query_response(request: Request, room: str, result, retriever: Retriever, settings: ServeSettings) -> QueryResponse:
-    hits = [
-        HitInfo(
-            rank=i + 1,
-            product_id=h.product_id,
-            title=h.title,
-            score=h.score,
-            image_url=_image_urls(request, room, h.product_id, 1)[0],
-        )
-        for i, h in enumerate(result.hits)
-    ]
-    views = []
-    for t, (frame, index) in enumerate(zip(result.frames, result.frame_indices)):
+    def frame_view(index: int, frame, attention) -> FrameView:
         thumb = previews.thumbnail(frame, settings.preview_size)
-        attention = None if result.attention is None else result.attention[t]
-        views.append(
-            FrameView(
-                index=int(index),
-                image=previews.frame_data_url(thumb),
-                width=thumb.width,
-                height=thumb.height,
-                heatmap=None if attention is None else previews.heatmap_data_url(attention, thumb.size),
-                attention=None if attention is None else attention.tolist(),
-            )
+        return FrameView(
+            index=index,
+            image=previews.frame_data_url(thumb),
+            width=thumb.width,
+            height=thumb.height,
+            heatmap=None if attention is None else previews.heatmap_data_url(attention, thumb.size),
+            attention=None if attention is None else attention.tolist(),
         )
+
     model_name = str(getattr(retriever.model.config, "name", type(retriever.model).__name__))
-    return QueryResponse(room_id=room, asr=result.asr, model=model_name, hits=hits, frames=views)
+    return query_response(
+        result, room, model_name,
+        image_url=lambda hit: _image_urls(request, room, hit.product_id, 1)[0],
+        frame_view=frame_view,
+    )

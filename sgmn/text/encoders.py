@@ -6,7 +6,8 @@
   (useful for Chinese ASR; the paper's 512-d vectors were probably of this kind).
 - ``PrecomputedTextVectors`` (in ``precomputed.py``): vectors shipped with the data.
 
-Encoders never download anything: paths must be local folders.
+``text.pretrained`` is a local folder or a Hugging Face Hub id (fetched into the HF cache unless
+HF_HUB_OFFLINE is set, see ``sgmn.hub``); the default MiniLM ships inside a pip package.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from sgmn.hub import resolve_pretrained
 from sgmn.text.base import TextEncoder, encode_present, l2_normalise
 from sgmn.text.cache import CachedTextEncoder
 from sgmn.text.precomputed import PrecomputedTextVectors
@@ -45,7 +47,7 @@ class MiniLMEncoder:
     dim = MINILM_DIM
 
     def __init__(self, path: Optional[Union[str, Path]] = None, device: str = "cpu", batch_size: int = 64):
-        self.path = Path(path) if path is not None else minilm_path()
+        self.path = resolve_pretrained(path, "text.pretrained") if path is not None else minilm_path()
         self.device = device
         self.batch_size = batch_size
         self.name = "minilm:all-MiniLM-L6-v2"
@@ -85,7 +87,7 @@ class ClipTextEncoder:
     """
 
     def __init__(self, path: Union[str, Path], device: str = "cpu", batch_size: int = 64, max_length: int = 77):
-        self.path = Path(path)
+        self.path = resolve_pretrained(path, "text.pretrained")
         config_file = self.path / "config.json"
         if not config_file.is_file():
             raise FileNotFoundError(f"no config.json in text encoder folder {self.path}")
@@ -159,7 +161,7 @@ def make_text_encoder(config) -> TextEncoder:
         encoder = MiniLMEncoder(config.pretrained) if config.pretrained else MiniLMEncoder()
     elif config.encoder == "clip-text":
         if not config.pretrained:
-            raise ValueError("text.encoder='clip-text' needs text.pretrained = a local CLIP / Chinese-CLIP folder")
+            raise ValueError("text.encoder='clip-text' needs text.pretrained = a CLIP / Chinese-CLIP folder or Hugging Face id")
         encoder = ClipTextEncoder(config.pretrained)
     elif config.encoder == "precomputed":
         # With a JSON table the encoder can look keys up; without one it only answers "no text"
