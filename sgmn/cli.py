@@ -1,4 +1,4 @@
-"""`sgmn` command line: synth | train | eval | index | query | serve | demo.
+"""`sgmn` command line: synth | inspect | export | train | eval | index | query | serve | demo.
 
 Each area registers its own commands (``register(app)`` in its ``cli`` module) so that the
 options of a command live next to the code that runs it.
@@ -20,6 +20,7 @@ app = typer.Typer(
 
 COMMAND_MODULES = (
     "sgmn.data.cli",  # synth, inspect
+    "sgmn.model.cli",  # export (a zero-shot model from pretrained weights)
     "sgmn.train.cli",  # train
     "sgmn.eval.cli",  # eval
     "sgmn.retrieval.cli",  # index, query
