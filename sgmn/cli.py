@@ -7,6 +7,7 @@ options of a command live next to the code that runs it.
 from __future__ import annotations
 
 import importlib
+import os
 
 import typer
 
@@ -33,6 +34,9 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
+    # No "Loading weights 103/103" bars from transformers / huggingface_hub on every call (read
+    # when they are imported, which happens later). Downloads still show theirs: sgmn/hub.py.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     app()
 
 

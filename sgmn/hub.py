@@ -60,8 +60,17 @@ def resolve_pretrained(value: Union[str, Path], field: str = "pretrained") -> Pa
         raise DataError(f"{field} = {text!r}: no such file or folder")
     offline = hub_offline()
     from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.utils import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
 
+    quiet = are_progress_bars_disabled()
+    if quiet and not offline:
+        enable_progress_bars()  # the CLI silences loading bars; a download of weights still shows one
     try:
         folder = snapshot_download(
             text, cache_dir=hub_cache_dir(), local_files_only=offline,
@@ -73,4 +82,7 @@ def resolve_pretrained(value: Union[str, Path], field: str = "pretrained") -> Pa
     except (HfHubHTTPError, OSError, ValueError) as err:
         first = str(err).strip().split("\n")[0]
         raise DataError(f"{field} = {text!r}: no such file or folder, and the Hugging Face Hub says: {first}") from err
+    finally:
+        if quiet and not offline:
+            disable_progress_bars()
     return Path(folder)
