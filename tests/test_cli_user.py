@@ -245,3 +245,28 @@ def test_cli_json_and_http_json_have_one_schema(store_with_siblings, checkpoint)
     assert [h["score"] for h in cli["hits"]] == pytest.approx([h["score"] for h in http["hits"]], abs=1e-5)
     assert cli["hits"][0]["image_url"].startswith("file://") and http["hits"][0]["image_url"].startswith("/rooms/")
     assert [f["index"] for f in cli["frames"]] == [f["index"] for f in http["frames"]]
+
+
+# ---- item 7: start-up -----------------------------------------------------------------------------
+def test_query_latency_benchmark_smoke_and_no_progress_bars(tmp_path, capsys):
+    """The benchmark runs the real `sgmn query` in fresh processes; it fails (exit 1) when stderr
+    shows a "Loading weights" bar. Its timing table names every phase."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import query_latency
+
+    assert query_latency.main(["--smoke", "--cache", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "| progress bars on stderr |" in out.replace("wall s (median) | wall s (min..max) | CPU s (median) ", "")
+    for phase in ("import torch", "load the model", "load the text encoder", "score and rank", "total"):
+        assert phase in out
+
+
+def test_index_shows_progress_per_product(tmp_path, checkpoint):
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    for i in range(3):
+        Image.new("RGB", (16, 16), (80 * i, 0, 0)).save(shop / f"sku{i}.jpg")
+    res = CliRunner().invoke(app, ["index", "--checkpoint", str(checkpoint), "--store", str(tmp_path / "s"),
+                                   "--room", "r", "--shop", str(shop)])
+    assert res.exit_code == 0, res.output
+    assert "/3 [" in res.output and "product/s" in res.output  # tqdm bar, counted in products
