@@ -437,33 +437,49 @@ class Retriever:
         fp = self.fingerprint
         if not allow_other_models and self.store.count_products() > 0:
             self.check_model()
-        batch: list[NewProduct] = []
+        # Products are encoded (and committed) together, up to config.batch_size images per
+        # forward pass: one image at a time left most of a CPU's time to per-call overhead.
+        chunk: list[_Prepared] = []
         n_images = 0
         for p in prepared:
-            vectors = self._encode_product(p)
-            batch.append(NewProduct(p.product_id, p.title, p.sources, vectors))
+            if chunk and n_images + len(p.images) > self.config.batch_size:
+                self._encode_and_commit(room, chunk, fp, report, progress)
+                chunk, n_images = [], 0
+            chunk.append(p)
             n_images += len(p.images)
-            if progress is not None:
-                progress(1)
-            if n_images >= self.config.batch_size:
-                self._commit(room, batch, fp, report)
-                batch, n_images = [], 0
-        if batch:
-            self._commit(room, batch, fp, report)
+        if chunk:
+            self._encode_and_commit(room, chunk, fp, report, progress)
+
+    def _encode_and_commit(self, room: str, chunk: list[_Prepared], fp: str, report: AddReport, progress) -> None:
+        vectors = self._encode_products(chunk)
+        batch = [NewProduct(p.product_id, p.title, p.sources, v) for p, v in zip(chunk, vectors)]
+        self._commit(room, batch, fp, report)
+        if progress is not None:
+            progress(len(chunk))
 
     def _commit(self, room: str, batch: list[NewProduct], fp: str, report: AddReport) -> None:
         added, updated = self.store.put_products(room, batch, fp, replace=True)
         report.added += added
         report.updated += updated
 
-    def _encode_product(self, p: _Prepared) -> ProductVectors:
+    def _encode_products(self, chunk: list[_Prepared]) -> list[ProductVectors]:
+        """Every image of ``chunk`` in one forward pass (each with its product's title)."""
+        images = [im for p in chunk for im in p.images]
+        titles = [p.title for p in chunk for _ in p.images]
         with self._model_lock:
-            emb = self.model.encode_products(p.images, titles=[p.title] * len(p.images))
-        images = emb.embedding.detach().cpu().float().numpy()
-        has_title = bool(emb.text_mask[0])
-        title = emb.text_embedding[0].detach().cpu().float().numpy() * has_title
-        _check_finite(f"product {p.product_id!r}", images, title)
-        return ProductVectors(images=images, title=title.astype(np.float32), has_title=has_title)
+            emb = self.model.encode_products(images, titles=titles)
+        image_rows = emb.embedding.detach().cpu().float().numpy()
+        title_rows = emb.text_embedding.detach().cpu().float().numpy()
+        masks = emb.text_mask.detach().cpu().numpy()
+        out, start = [], 0
+        for p in chunk:
+            rows = slice(start, start + len(p.images))
+            has_title = bool(masks[start])
+            title = title_rows[start] * has_title
+            _check_finite(f"product {p.product_id!r}", image_rows[rows], title)
+            out.append(ProductVectors(images=image_rows[rows], title=title.astype(np.float32), has_title=has_title))
+            start += len(p.images)
+        return out
 
     # ---- queries ---------------------------------------------------------------------------
     def encode_clip(self, clip: ClipInput, asr: Optional[str] = None) -> _ClipVectors:
