@@ -270,3 +270,34 @@ def test_index_shows_progress_per_product(tmp_path, checkpoint):
                                    "--room", "r", "--shop", str(shop)])
     assert res.exit_code == 0, res.output
     assert "/3 [" in res.output and "product/s" in res.output  # tqdm bar, counted in products
+
+
+@pytest.mark.parametrize("fmt", ["lpr750k", "sgmn", "movingfashion"])
+def test_index_every_room_for_the_other_readers(tmp_path, checkpoint, fmt):
+    """The readers' own test fixtures, indexed room by room: every room with its whole gallery."""
+    from sgmn.data.readers import read_dataset
+    from sgmn.retrieval import Retriever
+
+    if fmt == "lpr750k":
+        from test_reader_lpr750k import write_lpr750k as write
+    elif fmt == "sgmn":
+        import test_reader_sgmn_code as fixture
+
+        def write(root):  # the real files hold 512 floats, what the reader expects without options
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(fixture, "vec", lambda seed: [float(seed)] * 512)
+                fixture.write_layout(root)
+    else:
+        from test_reader_movingfashion import write_movingfashion as write
+    root = tmp_path / "data"
+    root.mkdir()
+    write(root)
+    dataset = read_dataset(root, fmt)
+    res = CliRunner().invoke(app, ["index", "--checkpoint", str(checkpoint), "--store", str(tmp_path / "s"),
+                                   "--data", str(root), "--format", fmt, "--on-error", "raise"])
+    assert res.exit_code == 0, res.output
+    with Retriever.open(tmp_path / "s") as r:
+        assert sorted(r.list_rooms()) == sorted(dataset.rooms)
+        for room in dataset.rooms:
+            stored = {p.product_id: p.title for p in r.list_products(room)}
+            assert stored == {p.product_id: p.title for p in dataset.room_gallery(room)}
