@@ -21,7 +21,7 @@ app = typer.Typer(
 
 COMMAND_MODULES = (
     "sgmn.data.cli",  # synth, inspect
-    "sgmn.model.cli",  # export (a zero-shot model from pretrained weights)
+    "sgmn.export",  # export (a zero-shot model from pretrained weights)
     "sgmn.train.cli",  # train
     "sgmn.eval.cli",  # eval
     "sgmn.retrieval.cli",  # index, query

@@ -301,3 +301,10 @@ def test_index_every_room_for_the_other_readers(tmp_path, checkpoint, fmt):
         for room in dataset.rooms:
             stored = {p.product_id: p.title for p in r.list_products(room)}
             assert stored == {p.product_id: p.title for p in dataset.room_gallery(room)}
+
+
+def test_cli_start_imports_neither_torch_nor_sentence_transformers():
+    """Every command module is imported to build the CLI: none may pull in torch (seconds)."""
+    code = "import sys, sgmn.cli; print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]

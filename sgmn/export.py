@@ -1,5 +1,9 @@
 """`sgmn export`: a saved retrieval model built from a registered variant and pretrained weights,
-without training (a zero-shot start: ``index``, ``query`` and ``serve`` take it as ``--checkpoint``)."""
+without training (a zero-shot start: ``index``, ``query`` and ``serve`` take it as ``--checkpoint``).
+
+A top-level module like ``demo.py``: importing ``sgmn.model`` would import torch, and the CLI
+imports every command module at start (``sgmn --help`` stays fast).
+"""
 
 from __future__ import annotations
 
