@@ -1,4 +1,4 @@
-"""`sgmn` command line: synth | pretrain | train | eval | index | query | serve | demo.
+"""`sgmn` command line: synth | inspect | export | pretrain | train | eval | index | query | serve | demo.
 
 Each area registers its own commands (``register(app)`` in its ``cli`` module) so that the
 options of a command live next to the code that runs it.
@@ -7,6 +7,7 @@ options of a command live next to the code that runs it.
 from __future__ import annotations
 
 import importlib
+import os
 
 import typer
 
@@ -20,6 +21,7 @@ app = typer.Typer(
 
 COMMAND_MODULES = (
     "sgmn.data.cli",  # synth, inspect
+    "sgmn.export",  # export (a zero-shot model from pretrained weights)
     "sgmn.train.cli",  # train, pretrain
     "sgmn.eval.cli",  # eval
     "sgmn.retrieval.cli",  # index, query
@@ -32,6 +34,9 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
+    # No "Loading weights 103/103" bars from transformers / huggingface_hub on every call (read
+    # when they are imported, which happens later). Downloads still show theirs: sgmn/hub.py.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     app()
 
 

@@ -10,12 +10,26 @@ ASR, top-5 products, hit/miss and the correct product on a miss).
 The tiny backbone starts from random weights (no CLIP weights can be downloaded here), so the
 demo trains it at the full learning rate (``backbone_lr_factor=1``) instead of the paper's 1e-3
 factor meant for a pretrained CLIP.
+
+Reproducibility: the demo writes ``<out>/run-info.json`` and prints one line with what its numbers
+depend on and what it cost: seed, preset, torch version, torch threads, the CPU, the git commit,
+wall and CPU seconds and the load average before and after. For a seed, runs give bit-identical
+weights and metrics when the code (commit), torch version, CPU kind (its SIMD kernels) and the
+number of torch threads are the same (reductions are split per thread, so another thread count
+rounds differently); ``--threads N`` fixes the count to reproduce a quoted result on another
+machine. The data-loader workers and the machine's load do not change the numbers (two processes
+give identical weights and metrics: tests/test_demo.py); the wall time does depend on the load,
+hence it is recorded.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import resource
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Optional
@@ -29,8 +43,51 @@ DEMO_TRAIN = dict(epochs=10, batch_size=16, lr=1e-3, backbone_lr_factor=1.0, war
 BASELINE = "clip-meanpool"
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def run_info(start: dict, metrics: dict, seed: int, preset: str, model: str) -> dict:
+    """What the demo's numbers depend on (see the module docstring) and what the run cost."""
+    import torch
+
+    return {
+        "preset": preset, "seed": seed, "model": model,
+        "R@1": metrics.get("R@1"), "R@5": metrics.get("R@5"),
+        "git": _git_commit(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "cpu": _cpu_name(), "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "wall_s": round(time.time() - start["wall"], 1), "cpu_s": round(_cpu_seconds() - start["cpu"], 1),
+        "load_average_start": start["load"], "load_average_end": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
 def run_demo(out: Path, preset: str = "default", seed: int = 0, model: str = "sgmn-tiny",
-             epochs: Optional[int] = None, max_steps: Optional[int] = None, baseline: Optional[str] = BASELINE) -> dict:
+             epochs: Optional[int] = None, max_steps: Optional[int] = None, baseline: Optional[str] = BASELINE,
+             threads: Optional[int] = None) -> dict:
     from sgmn.data.readers import read_dataset
     from sgmn.data.synthetic import generate, preset as synth_preset
     from sgmn.eval.mechanism import format_mechanism
@@ -42,7 +99,11 @@ def run_demo(out: Path, preset: str = "default", seed: int = 0, model: str = "sg
     import sgmn
 
     out = Path(out)
-    t0 = time.time()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    start = {"wall": time.time(), "cpu": _cpu_seconds(), "load": [round(x, 2) for x in os.getloadavg()]}
     data_dir = out / "data"
     marker, wanted = data_dir / ".complete", json.dumps({"preset": preset, "seed": seed})
     if marker.exists() and marker.read_text() == wanted:
@@ -98,7 +159,15 @@ def run_demo(out: Path, preset: str = "default", seed: int = 0, model: str = "sg
                           title=f"sgmn demo: {model} on the synthetic '{preset}' preset",
                           baselines={n: r.metrics for n, r in results.items() if n != model},
                           has_attention=has_attention)
-    typer.echo(f"report: {report}   metrics: {out / 'eval' / 'metrics.json'}   ({time.time() - t0:.0f} s in all)")
+    info = run_info(start, result.metrics, seed, preset, model)
+    info["baselines"] = {n: {k: r.metrics.get(k) for k in ("R@1", "R@5")} for n, r in results.items() if n != model}
+    (out / "run-info.json").write_text(json.dumps(info, indent=2) + "\n")
+    typer.echo(f"report: {report}   metrics: {out / 'eval' / 'metrics.json'}")
+    typer.echo(
+        f"took {info['wall_s']:.0f} s wall, {info['cpu_s']:.0f} CPU-s on {info['cpu']} ({info['cores_usable']} cores, "
+        f"{info['torch_threads']} torch threads), load average {info['load_average_start'][0]} -> "
+        f"{info['load_average_end'][0]}; seed {seed}, torch {info['torch']}, git {info['git']} ({out / 'run-info.json'})"
+    )
     return result.metrics
 
 
@@ -131,7 +200,10 @@ def register(app: typer.Typer) -> None:
         epochs: Optional[int] = typer.Option(None, "--epochs"),
         max_steps: Optional[int] = typer.Option(None, "--max-steps"),
         baseline: str = typer.Option(BASELINE, "--baseline", help="Also train this model on the same data and budget for comparison ('none' to skip)"),
+        threads: Optional[int] = typer.Option(
+            None, "--threads", min=1, help="torch threads (default: torch's choice); results for a seed depend on it"
+        ),
     ):
         """Run the main job end to end on the built-in synthetic data and write report.html."""
         run_demo(out, preset=preset, seed=seed, model=model, epochs=epochs, max_steps=max_steps,
-                 baseline=None if baseline.lower() == "none" else baseline)
+                 baseline=None if baseline.lower() == "none" else baseline, threads=threads)

@@ -63,3 +63,29 @@ class ErrorPolicy:
             raise err
         self.skipped[kind] += 1
         self.examples.setdefault(kind, str(err))
+
+
+class UsageError(SGMNError, ValueError):
+    """A command given options that cannot work (an unknown model or key, a run folder in use...)."""
+
+
+def exit_with(message: str, code: int = 2):
+    """Print ``error: message`` as one line on stderr and leave with ``code`` (CLI user mistakes)."""
+    import sys
+
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+class user_errors:
+    """``with user_errors(): ...`` turns the project's own errors (and missing files) into one
+    ``error: ...`` line and exit code 2: a user's mistake is not a bug, so no traceback."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if err is not None and isinstance(err, (SGMNError, FileNotFoundError)):
+            message = getattr(err, "message", None) or str(err)
+            exit_with(" ".join(message.split()) if message else kind.__name__)
+        return False

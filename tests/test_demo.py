@@ -63,3 +63,39 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path):
     assert steps == [1]
     assert "clip-meanpool" not in again.output  # --baseline none: no baseline trained or printed
     assert not (out / "eval" / "clip-meanpool").exists()  # nor a stale one left beside the new results
+
+
+def test_two_demo_processes_give_bit_identical_results_and_record_their_conditions(tmp_path):
+    """The README's claim: for a seed, runs are bit-identical (same code, torch, CPU kind and
+    thread count), with the demo's data-loader workers on. Each run records what its numbers
+    depend on and what it cost (run-info.json and its last line)."""
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    args = ["--preset", "easy", "--epochs", "1", "--max-steps", "3", "--threads", "2", "--baseline", "none"]
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"demo{i}"
+        if i == 1:  # the same data (the demo reuses it): only training and evaluation run again
+            shutil.copytree(tmp_path / "demo0" / "data", out / "data")
+        done = subprocess.run([sys.executable, "-m", "sgmn.cli", "demo", "--out", str(out), *args],
+                              capture_output=True, text=True, env=env, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outs.append((out, done.stdout))
+    digest = [hashlib.sha256((o / "run" / "last" / "model.safetensors").read_bytes()).hexdigest() for o, _ in outs]
+    assert digest[0] == digest[1]
+    metrics = [json.loads((o / "eval" / "metrics.json").read_text()) for o, _ in outs]
+    for m in metrics:
+        m["model"].pop("checkpoint", None)  # the paths differ (and the data fingerprint hashes them)
+        m["data"].pop("root"), m["data"].pop("fingerprint")
+    assert metrics[0] == metrics[1]
+    info = json.loads((outs[0][0] / "run-info.json").read_text())
+    assert info["torch_threads"] == 2 and info["seed"] == 0 and info["R@1"] == metrics[0]["R@1"]
+    for key in ("cpu", "torch", "git", "wall_s", "cpu_s", "load_average_start", "load_average_end"):
+        assert info[key] is not None, key
+    last = outs[0][1].strip().splitlines()[-1]
+    assert last.startswith("took ") and "CPU-s" in last and "load average" in last and "2 torch threads" in last

@@ -99,27 +99,27 @@ def test_cli_errors_are_one_clear_line(tmp_path, checkpoint, shop):
     runner = CliRunner()
     res = runner.invoke(app, ["index", "--checkpoint", str(checkpoint), "--store", str(store), "--room", "../x",
                               "--shop", str(shop_dir)])
-    assert res.exit_code == 1 and "room id" in res.output and not (tmp_path / "x").exists()
+    assert res.exit_code == 2 and "room id" in res.output and not (tmp_path / "x").exists()
     res = runner.invoke(app, ["index", "--checkpoint", str(checkpoint), "--store", str(store), "--room", "r",
                               "--shop", str(tmp_path / "missing")])
-    assert res.exit_code == 1 and "missing" in res.output
+    assert res.exit_code == 2 and "missing" in res.output
     res = runner.invoke(app, ["index", "--checkpoint", str(checkpoint), "--store", str(store), "--room", "r",
                               "--shop", str(shop_dir), "--on-error", "raise"])
-    assert res.exit_code == 1 and "'bad id'" in res.output  # the first bad product (sorted ids)
+    assert res.exit_code == 2 and "'bad id'" in res.output  # the first bad product (sorted ids)
     (shop_dir / "bad id.jpg").unlink()
     res = runner.invoke(app, ["index", "--checkpoint", str(checkpoint), "--store", str(store), "--room", "r",
                               "--shop", str(shop_dir), "--on-error", "raise"])
-    assert res.exit_code == 1 and "broken.jpg" in res.output and "r" not in Retriever_rooms(store)
+    assert res.exit_code == 2 and "broken.jpg" in res.output and "r" not in Retriever_rooms(store)
     runner.invoke(app, ["index", "--checkpoint", str(checkpoint), "--store", str(store), "--room", "r",
                         "--shop", str(shop_dir)])
     res = runner.invoke(app, ["query", "--store", str(store), "--room", "nope", "--clip", str(shop_dir / "p0.jpg")])
-    assert res.exit_code == 1 and "error:" in res.output
+    assert res.exit_code == 2 and "error:" in res.output
     res = runner.invoke(app, ["query", "--store", str(store), "--room", "nope", "--clip", str(_video(tmp_path / "c.mp4"))])
-    assert res.exit_code == 1 and "unknown room 'nope'" in res.output
+    assert res.exit_code == 2 and "unknown room 'nope'" in res.output
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00" * 64)
     res = runner.invoke(app, ["query", "--store", str(store), "--room", "r", "--clip", str(bad)])
-    assert res.exit_code == 1 and "bad.mp4" in res.output
+    assert res.exit_code == 2 and "bad.mp4" in res.output
 
 
 def test_query_a_frame_folder_in_time_order_with_its_asr_file(tmp_path, checkpoint, shop):
@@ -145,7 +145,7 @@ def test_query_a_frame_folder_in_time_order_with_its_asr_file(tmp_path, checkpoi
     with Retriever.open(store) as r:
         direct = r.query("r", frames, asr="white sneakers", top_k=10)
         by_folder = r.query("r", folder, asr="white sneakers", top_k=10)
-    assert out["asr"] == "white sneakers" and out["frame_indices"] == direct.frame_indices
+    assert out["asr"] == "white sneakers" and [f["index"] for f in out["frames"]] == direct.frame_indices
     expected = [h.product_id for h in direct.hits]
     assert [h["product_id"] for h in out["hits"]] == expected == [h.product_id for h in by_folder.hits]
     scores = [h.score for h in direct.hits]
@@ -174,12 +174,12 @@ def test_query_beside_a_writer_and_on_a_corrupt_store_and_busy_writes(tmp_path, 
         assert res.exit_code == 0, res.output
         assert sorted(p.name for p in store.iterdir() if not p.name.startswith("store.sqlite-")) == sorted(before + [".lock"])
         res = runner.invoke(app, index)
-        assert res.exit_code == 1 and "POST /rooms/{room}/products" in res.output and "Traceback" not in res.output
+        assert res.exit_code == 2 and "POST /rooms/{room}/products" in res.output and "Traceback" not in res.output
     (store / "store.sqlite").write_bytes(b"\x00garbage" * 1000)
     for name in ("store.sqlite-wal", "store.sqlite-shm"):
         (store / name).unlink(missing_ok=True)
     res = runner.invoke(app, ["query", "--store", str(store), "--room", "r", "--clip", str(clip)])
-    assert res.exit_code == 1 and "not a readable SQLite store database" in res.output
+    assert res.exit_code == 2 and "not a readable SQLite store database" in res.output
     assert len(res.output.strip().splitlines()) == 1 and isinstance(res.exception, SystemExit)
 
 
@@ -209,7 +209,7 @@ def test_query_on_a_milvus_lite_store_held_by_a_server_names_the_http_endpoint(t
     try:
         assert holder.stdout.readline().strip() == "holding"
         res = runner.invoke(app, ["query", "--store", str(store), "--room", "r", "--clip", str(_video(tmp_path / "c.mp4"))])
-        assert res.exit_code == 1, res.output
+        assert res.exit_code == 2, res.output
         assert "open in another process" in res.output and "POST /rooms/{room}/query" in res.output
         assert "http://host:19530" in res.output and len(res.output.strip().splitlines()) == 1
     finally:

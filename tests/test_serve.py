@@ -103,10 +103,36 @@ def test_openapi_schema_and_docs_cover_every_endpoint(served):
     assert "get" in paths["/rooms/{room}/products/{product}/image"]
     query_form = paths["/rooms/{room}/query"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in query_form
-    # /docs works offline: served from the package, nothing from a CDN
+    # /docs is FastAPI's Swagger UI, its assets served by this server (fastapi-offline), no CDN
+    import re
+
     docs = client.get("/docs")
-    assert docs.status_code == 200 and "/openapi.json" in docs.text and "/static/docs.js" in docs.text
-    assert "https://" not in docs.text and "https://" not in client.get("/static/docs.js").text
+    assert docs.status_code == 200 and "SwaggerUIBundle" in docs.text and "/openapi.json" in docs.text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets) and any(a.endswith(".css") for a in assets)
+    for asset in assets:
+        assert asset.startswith("/") and not asset.startswith("//"), asset  # local, never a CDN
+        assert client.get(asset).status_code == 200, asset
+    assert "https://" not in docs.text.replace('"validatorUrl": null', "")
+    assert '"validatorUrl": null' in docs.text  # no badge fetched from swagger.io
+    redoc = client.get("/redoc")
+    assert redoc.status_code == 200 and all(a.startswith("/") for a in re.findall(r'src="([^"]+)"', redoc.text))
+
+
+def test_openapi_has_response_schemas_and_examples(served):
+    client, _, _ = served
+    spec = client.get("/openapi.json").json()
+    query = spec["paths"]["/rooms/{room}/query"]["post"]["responses"]
+    assert query["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/QueryResponse")
+    assert query["404"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorDetail")
+    for path, methods in spec["paths"].items():
+        for method, op in methods.items():
+            ok = op["responses"].get("200") or op["responses"].get("201")
+            assert ok is not None and "content" in ok, (method, path)
+    schemas = spec["components"]["schemas"]
+    hit = schemas["HitInfo"]["properties"]
+    assert set(hit) == {"rank", "product_id", "title", "score", "image_url"}
+    assert hit["product_id"]["examples"] and schemas["RoomInfo"]["properties"]["room_id"]["examples"]
 
 
 def test_page_and_its_assets_are_served_locally(served):

@@ -219,7 +219,7 @@ def test_cli_synth_then_inspect(tmp_path):
     # A lost frame: the default policy stops with the file named, skip reads on and counts it.
     next(iter(sorted((out / "train_frames").rglob("*.jpg")))).unlink()
     result = runner.invoke(app, ["inspect", "--data", str(out), "--format", "lpr4m"])
-    assert result.exit_code == 1 and "missing file for id" in result.output
+    assert result.exit_code == 2 and "missing file for id" in result.output
     result = runner.invoke(app, ["inspect", "--data", str(out), "--format", "lpr4m", "--on-error", "skip"])
     assert result.exit_code == 0, result.output
     assert re.search(r"missing_frame\s+1", result.output)

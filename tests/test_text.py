@@ -306,3 +306,24 @@ def test_text_vectors_errors():
     only.splits = {"test": ["c"]}
     tv = TextVectors(only, "test", None, progress=False)
     assert tv.dim == 3 and tv.clip("c")[1]
+
+
+def test_minilm_vectors_equal_sentence_transformers_without_importing_it():
+    """The MiniLM encoder runs the folder through transformers (importing sentence-transformers
+    costs seconds on every CLI call); its vectors are SentenceTransformer's."""
+    import subprocess
+    import sys
+
+    from sentence_transformers import SentenceTransformer
+
+    from sgmn.text.encoders import minilm_path
+
+    texts = ["red silk dress", "THE striped mug, only today", "a " * 400 + "very long ASR past 256 tokens", "x"]
+    ours, has = MiniLMEncoder().encode(texts)
+    reference = SentenceTransformer(str(minilm_path()), device="cpu", local_files_only=True).encode(
+        texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    assert has.all() and np.allclose(ours, reference, atol=1e-5)
+    code = ("import sys; from sgmn.text import MiniLMEncoder; MiniLMEncoder().encode(['a mug']); "
+            "print('sentence_transformers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]

@@ -73,7 +73,7 @@ def inspect(
         loaded = read_dataset(data, format, on_error=on_error.value)
     except (DataError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=2)  # bad input is the user's to fix: one line, exit code 2
     summary = loaded.summary()
     summary["skipped"] = dict(loaded.skipped)  # always shown, {} when nothing was skipped
     if as_json:

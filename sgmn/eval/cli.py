@@ -31,27 +31,35 @@ def register(app: typer.Typer) -> None:
 
         Under torchrun (WORLD_SIZE > 1) the queries and the gallery are split across the ranks and
         the merged result equals one process's; rank 0 writes the files."""
-        import torch
-
-        import sgmn
-        from sgmn.data.readers import READERS, read_dataset
-        from sgmn.eval.mechanism import format_mechanism
-        from sgmn.eval.protocol import evaluate, format_table
-        from sgmn.train.distributed import cleanup_distributed, local_rank, setup_distributed
+        from sgmn.data.readers import READERS
+        from sgmn.errors import exit_with, user_errors
 
         # Checked before the model and the data are loaded, naming the option at fault.
         for option, value, allowed in (("--format", format, tuple(READERS)), ("--mode", mode, ("video", "frame")),
                                        ("--gallery", gallery, ("main", "all")), ("--on-error", on_error, ("raise", "skip"))):
             if value not in allowed:
-                raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=option)
+                exit_with(f"{option} {value!r} is not one of {', '.join(allowed)}")
+        for option, path in (("--data", data), ("--checkpoint", checkpoint)):
+            if not path.exists():
+                exit_with(f"{option} {path}: no such file or folder")
+
+        import torch
+
+        import sgmn
+        from sgmn.data.readers import read_dataset
+        from sgmn.eval.mechanism import format_mechanism
+        from sgmn.eval.protocol import evaluate, format_table
+        from sgmn.train.distributed import cleanup_distributed, local_rank, setup_distributed
+
         distributed = setup_distributed()
         try:
-            dev = device or (f"cuda:{local_rank()}" if torch.cuda.is_available() else "cpu")
-            model = sgmn.load_model(checkpoint).to(dev)
-            dataset = read_dataset(data, format, on_error=on_error)
-            result = evaluate(model, dataset, split=split, mode=mode, gallery=gallery, batch_size=batch_size,
-                              device=dev, num_workers=num_workers, on_error=on_error, same_group_only=innersource,
-                              mechanism=mechanism, mechanism_max_queries=mechanism_queries, distributed=distributed)
+            with user_errors():  # a wrong checkpoint or bad data: one line, exit code 2
+                dev = device or (f"cuda:{local_rank()}" if torch.cuda.is_available() else "cpu")
+                model = sgmn.load_model(checkpoint).to(dev)
+                dataset = read_dataset(data, format, on_error=on_error)
+                result = evaluate(model, dataset, split=split, mode=mode, gallery=gallery, batch_size=batch_size,
+                                  device=dev, num_workers=num_workers, on_error=on_error, same_group_only=innersource,
+                                  mechanism=mechanism, mechanism_max_queries=mechanism_queries, distributed=distributed)
             import torch.distributed as dist
 
             if distributed and dist.get_rank() != 0:

@@ -139,8 +139,11 @@ class VisionBackbone(nn.Module):
     # ---- pretrained weights -----------------------------------------------------------------
 
     def load_pretrained(self, path: Union[str, Path]) -> list[str]:
-        """A Hugging Face CLIP folder or an OpenAI CLIP ``.pt`` file; returns names left unloaded."""
-        path = Path(path)
+        """A Hugging Face CLIP folder or Hub id, or an OpenAI CLIP ``.pt`` file; returns names left
+        unloaded. An id is fetched into the HF cache unless HF_HUB_OFFLINE is set (see sgmn.hub)."""
+        from sgmn.hub import resolve_pretrained
+
+        path = resolve_pretrained(path, "vision.pretrained")
         if path.is_dir():
             return self.load_hf_pretrained(path)
         return self.load_openai_clip(path)
@@ -270,10 +273,9 @@ def read_openai_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
                 return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
             except RuntimeError as err:
                 raise DataError(f"cannot load TorchScript archive: {err}", file=path) from err
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle / zip errors have many types; all mean "not a checkpoint"
-        raise DataError(f"cannot read checkpoint: {err}", file=path) from err
+    from sgmn.model.checkpoint import torch_load_tensors
+
+    obj = torch_load_tensors(path)  # one-line DataError for files that are not checkpoints
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):

@@ -141,15 +141,37 @@ def _strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, to
     return dict(state_dict)
 
 
-def read_published_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
-    """Load ``pytorch_model.bin.<epoch>`` (a plain torch state dict) on the CPU."""
+def torch_load_tensors(path: Union[str, Path]) -> Any:
+    """``torch.load(path, weights_only=True)`` with a one-line DataError for files that are not
+    torch checkpoints. torch's own message advises ``weights_only=False``, which would run
+    arbitrary code from the file: never shown, never done."""
+    import pickle
+    import zipfile
+
     path = Path(path)
     if not path.is_file():
         raise DataError("no such checkpoint file", file=path)
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # torch.save writes a zip archive (torch >= 1.6) or a pickle (protocol 2+ starts with 0x80)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+        raise DataError("not a PyTorch checkpoint (expected a file written by torch.save)", file=path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling fails in many ways; all mean "not a state dict file"
-        raise DataError(f"cannot read checkpoint: {err}", file=path) from err
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise DataError(
+            "the checkpoint holds Python objects other than tensors and plain containers; "
+            "only plain state dicts are loaded (weights_only=True)", file=path
+        ) from err
+    except Exception as err:  # a damaged archive fails in many ways; all mean "not readable"
+        first = str(err).strip().split("\n")[0][:200]
+        raise DataError(f"cannot read PyTorch checkpoint: {first}", file=path) from err
+
+
+def read_published_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
+    """Load ``pytorch_model.bin.<epoch>`` (a plain torch state dict) on the CPU."""
+    path = Path(path)
+    obj = torch_load_tensors(path)
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise DataError("expected a plain state dict of tensors", file=path)
     return _strip_module_prefix(obj)

