@@ -104,7 +104,7 @@ def model_overrides(dry_run: bool) -> dict:
 def train_once(model_name: str, precision: str, steps: int, batch_size: int, dry_run: bool, out_dir: Path) -> dict:
     import sgmn
     from sgmn.data.dataset import collate
-    from sgmn.train import distributed as dist_utils
+    from sgmn import distributed as dist_utils
     from sgmn.train.config import TrainConfig
     from sgmn.train.loop import Trainer
 
@@ -254,7 +254,7 @@ def _free_port() -> int:
 
 
 def worker(args) -> int:
-    from sgmn.train import distributed as dist_utils
+    from sgmn import distributed as dist_utils
 
     dist_utils.setup_distributed(timeout_s=600)
     try:

@@ -173,7 +173,7 @@ class _GatherToy(torch.nn.Module):
         self.backbone = torch.nn.Linear(4, 4)
 
     def forward(self, batch):
-        from sgmn.train.distributed import all_gather_with_grad
+        from sgmn.distributed import all_gather_with_grad
 
         z = all_gather_with_grad(self.backbone(batch["x"]))
         loss = (z @ z.t()).logsumexp(dim=1).mean()

@@ -644,7 +644,7 @@ def test_text_cache_fill_encodes_only_this_ranks_share(tiny_lpr, tmp_path, monke
     # cover every text exactly once (no rank encodes the corpus alone while the others wait).
     from sgmn.data.readers import read_dataset
     from sgmn.text import CachedTextEncoder
-    from sgmn.train import distributed as dist_utils
+    from sgmn import distributed as dist_utils
     from sgmn.train.loop import _fill_text_cache
 
     class Counting:

@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         from sgmn.data.readers import read_dataset
         from sgmn.eval.mechanism import format_mechanism
         from sgmn.eval.protocol import evaluate, format_table
-        from sgmn.train.distributed import cleanup_distributed, local_rank, setup_distributed
+        from sgmn.distributed import cleanup_distributed, local_rank, setup_distributed
 
         distributed = setup_distributed()
         try:

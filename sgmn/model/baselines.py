@@ -21,7 +21,7 @@ from sgmn.model.base import RetrievalModel, l2n, masked_mean
 from sgmn.model.config import SGMNConfig
 from sgmn.model.losses import symmetric_infonce
 from sgmn.model.sgmn import LogitScale, run_backbone_on_real_frames
-from sgmn.train.distributed import all_gather_no_grad, all_gather_with_grad
+from sgmn.distributed import all_gather_no_grad, all_gather_with_grad
 
 
 class _MeanPoolBase(RetrievalModel):

@@ -33,7 +33,7 @@ from sgmn.model.config import SGMNConfig
 from sgmn.model.losses import bidirectional_triplet, symmetric_infonce
 from sgmn.model.temporal import TemporalDifferenceBlock
 from sgmn.model.tga import TextGuidedAttention
-from sgmn.train.distributed import all_gather_no_grad, all_gather_with_grad, shard_rows, sum_of_shards
+from sgmn.distributed import all_gather_no_grad, all_gather_with_grad, shard_rows, sum_of_shards
 
 
 def run_backbone_on_real_frames(

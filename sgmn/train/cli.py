@@ -143,7 +143,7 @@ def train_command(
         from sgmn.train.loop import train
 
         result = train(data, format, model or "", out, train_config=cfg, model_overrides=model_set, resume=checkpoint)
-    from sgmn.train import distributed
+    from sgmn import distributed
 
     if distributed.is_main_process():
         best = f", best val R@1 {result.best_metric:.2f}" if result.best_metric is not None else ""

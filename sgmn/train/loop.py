@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from sgmn.errors import DataError, SGMNError
-from sgmn.train import distributed as dist_utils
+from sgmn import distributed as dist_utils
 from sgmn.train.config import TrainConfig, starts_pretrained
 from sgmn.train.optim import build_optimizer, build_scheduler, clip_gradients, clip_groups
 
