@@ -220,15 +220,29 @@ def _skip_rank_main(rank: int, world: int, port: int, out_dir: str, batch_size: 
         except DataError as e:
             outcome = {"error": str(e)}
         torch.save(outcome, Path(out_dir) / f"rank{rank}.pt")
+        del trainer  # DDP's reducer goes before its process group (gloo can abort at exit otherwise)
     finally:
         dist.destroy_process_group()
+
+
+def _spawn_ranks(fn, args, out_dir: Path) -> None:
+    """mp.spawn, except that a rank aborted by SIGABRT after it saved its result is tolerated:
+    gloo's C++ teardown at interpreter exit was seen once (in 10 runs) to abort with "terminate
+    called without an active exception" after the ranks had finished and agreed; what these tests
+    check (no hang, no desync) is in the saved results, which must all be there."""
+    try:
+        mp.spawn(fn, args=args, nprocs=WORLD, join=True)
+    except mp.ProcessExitedException as err:
+        saved = all((out_dir / f"rank{r}.pt").is_file() for r in range(WORLD))
+        if not (saved and err.signal_name == "SIGABRT"):
+            raise
 
 
 @pytest.mark.timeout(300)
 def test_a_sample_skipped_on_one_rank_neither_hangs_nor_desyncs(tmp_path):
     # 16 samples, 2 ranks, batches of 4: one rank's batch loses sample 5. Both ranks trim that
     # micro-batch to 3, count 1 unreadable + 1 trimmed sample, and end with the same weights.
-    mp.spawn(_skip_rank_main, args=(WORLD, free_port(), str(tmp_path), 4), nprocs=WORLD, join=True)
+    _spawn_ranks(_skip_rank_main, (WORLD, free_port(), str(tmp_path), 4), tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     assert [r.get("error") for r in ranks] == [None, None]
     assert [r["step"] for r in ranks] == [2, 2]
@@ -242,7 +256,7 @@ def test_a_sample_skipped_on_one_rank_neither_hangs_nor_desyncs(tmp_path):
 @pytest.mark.timeout(300)
 def test_a_rank_left_without_samples_stops_every_rank_with_the_same_error(tmp_path):
     # Batches of 1: the rank that draws sample 5 has nothing to train on; every rank raises.
-    mp.spawn(_skip_rank_main, args=(WORLD, free_port(), str(tmp_path), 1), nprocs=WORLD, join=True)
+    _spawn_ranks(_skip_rank_main, (WORLD, free_port(), str(tmp_path), 1), tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     assert all("every sample of a training batch was unreadable on rank(s)" in r.get("error", "") for r in ranks), ranks
 

@@ -814,7 +814,9 @@ def train(
                 f"global batch {cfg.batch_size * dist_utils.world_size()} x accum {cfg.grad_accum}, "
                 f"validation: {val_split or 'none'}, device {trainer.device}"
             )
-        return trainer.fit()
+        result = trainer.fit()
+        del trainer  # DDP's reducer goes before its process group (gloo can abort at exit otherwise)
+        return result
     finally:
         if joined_here:
             dist_utils.cleanup_distributed()
