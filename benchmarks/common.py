@@ -32,14 +32,10 @@ See `benchmarks/README.md` for what the modes measure.
 
 # ---------------------------------------------------------------- machine description
 def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (platform's guess elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's marketing name (the one `sgmn demo` records too)."""
+    from sgmn.demo import cpu_name
+
+    return cpu_name()
 
 
 def machine_info() -> dict:

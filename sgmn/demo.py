@@ -43,7 +43,8 @@ DEMO_TRAIN = dict(epochs=10, batch_size=16, lr=1e-3, backbone_lr_factor=1.0, war
 BASELINE = "clip-meanpool"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (platform's guess elsewhere)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
@@ -79,7 +80,7 @@ def run_info(start: dict, metrics: dict, seed: int, preset: str, model: str) -> 
         "preset": preset, "seed": seed, "model": model,
         "R@1": metrics.get("R@1"), "R@5": metrics.get("R@5"),
         "git": _git_commit(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "cpu": _cpu_name(), "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu": cpu_name(), "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "wall_s": round(time.time() - start["wall"], 1), "cpu_s": round(_cpu_seconds() - start["cpu"], 1),
         "load_average_start": start["load"], "load_average_end": [round(x, 2) for x in os.getloadavg()],
     }
