@@ -115,6 +115,52 @@ def test_decode_video_all_frames_and_by_fps(tmp_path):
     assert indices == [0, 10]
 
 
+def write_h264_with_b_frames(path: Path, count: int = 48, gop: int = 12, size=(96, 64)) -> Path:
+    """H.264 as streams are encoded: B-frames (some unreferenced), a fixed GOP, and moving
+    texture, so every frame differs and most are predicted from others."""
+    import av
+
+    width, height = size
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, (height, width * 2, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.gop_size = gop
+        stream.options = {"preset": "veryfast", "crf": "23", "bf": "3", "x264-params": "scenecut=0"}
+        for i in range(count):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(texture[:, 2 * i:2 * i + width]), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def every_frame(path: Path) -> list[np.ndarray]:
+    """Plain PyAV, decoding every frame from the start: the reference."""
+    import av
+
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+
+
+@pytest.mark.parametrize("threads", [None, 1, 2])
+def test_seeking_and_skipping_unreferenced_frames_returns_the_frames_of_a_full_decode(tmp_path, threads):
+    """Seeking to the keyframe before each sampled frame, and dropping the unreferenced frames
+    nobody asked for, must give bit-identical pixels to decoding the whole clip."""
+    path = write_h264_with_b_frames(tmp_path / "b.mp4")
+    reference = every_frame(path)
+    assert len(reference) == 48
+    rng = np.random.default_rng(3)
+    for kwargs in ({"num_frames": 7}, {"num_frames": 5, "rng": rng}, {"num_frames": 5, "rng": rng}, {}):
+        arrays, indices = decode_video(path, threads=threads, **kwargs)
+        assert any(i % 12 for i in indices)  # frames inside a GOP, not only keyframes
+        for array, index in zip(arrays, indices):
+            np.testing.assert_array_equal(array, reference[index])
+
+
 def test_broken_and_missing_videos_raise_media_error(tmp_path):
     good = write_gray_video(tmp_path / "good.mp4", [100] * 10)
     broken = tmp_path / "broken.mp4"
@@ -179,3 +225,31 @@ def test_clip_with_unreadable_frame_names_the_frame(tmp_path):
 def test_clip_without_media_is_an_error():
     with pytest.raises(MediaError, match="neither frame files nor a video"):
         load_clip_frames(Clip("empty", "room"), 10)
+
+
+class _DecoderThreading:
+    """A one-item dataset that reports the decoder threading a DataLoader worker would use."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        import av
+
+        from sgmn.data.media import _video_stream
+
+        with av.open(str(self.path)) as container:
+            return str(_video_stream(container, self.path).thread_type.name)
+
+
+def test_decoder_runs_one_thread_in_a_dataloader_worker_and_auto_elsewhere(tmp_path):
+    """Workers are the parallelism: a decoder thread pool per worker only costs CPU."""
+    from torch.utils.data import DataLoader
+
+    path = write_gray_video(tmp_path / "clip.mp4", [100] * 4)
+    dataset = _DecoderThreading(path)
+    assert dataset[0] == "AUTO"
+    assert list(DataLoader(dataset, batch_size=None, num_workers=1)) == ["NONE"]

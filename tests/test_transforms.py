@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from sgmn.data.transforms import CLIP_MEAN, CLIP_STD, ImageTransform, box_to_patch_mask
+from sgmn.data.transforms import CLIP_MEAN, CLIP_STD, ImageTransform, box_to_patch_mask, normalise_uint8
 
 
 def denormalise(pixels: torch.Tensor) -> np.ndarray:
@@ -104,3 +104,34 @@ def test_cls_is_kept_and_grid_follows_image_and_patch_size():
     mask = box_to_patch_mask((0, 0, 16, 16), 64, 16)  # 4x4 grid, box = cell (0,0)
     assert mask.shape == (17,)
     assert _kept_tokens(mask) == [0, 1]
+
+
+@pytest.mark.parametrize("geometry", ["squash", "resize-crop"])
+@pytest.mark.parametrize("size", [(640, 360), (1280, 720), (100, 50), (224, 224), (300, 500)])
+def test_resize_gives_pils_bicubic_pixels_within_a_grey_level(geometry, size):
+    """The uint8 torch kernel stands in for PIL's BICUBIC (CLIP's preprocessing): same pixels
+    up to rounding, downscaling and upscaling, on noise (the hardest case for a filter)."""
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    transform = ImageTransform(224, geometry)
+    side, off = transform.resize_size, transform.crop_offset
+    reference = np.asarray(image.resize((side, side), Image.BICUBIC).crop((off, off, off + 224, off + 224)))
+    got = transform.pixels(image).permute(1, 2, 0).numpy()
+    diff = np.abs(got.astype(int) - reference.astype(int))
+    assert got.dtype == np.uint8 and got.shape == (224, 224, 3)
+    assert diff.max() <= 2 and diff.mean() < 0.02
+
+
+def test_grey_and_palette_images_are_taken_as_rgb():
+    for mode in ("L", "P", "RGBA"):
+        out, _ = ImageTransform(32)(Image.new(mode, (40, 40)))
+        assert out.shape == (3, 32, 32)
+
+
+def test_clip_normalisation_in_one_pass_equals_the_formula():
+    pixels = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    expected = (pixels.float() / 255 - mean) / std
+    assert torch.allclose(normalise_uint8(pixels), expected, atol=1e-5)
+    out = torch.full((4, 3, 8, 8), float("nan"))
+    assert normalise_uint8(pixels, out=out) is out and torch.allclose(out, expected, atol=1e-5)

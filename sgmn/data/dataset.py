@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from sgmn.data.media import load_clip_frames, load_image
 from sgmn.data.records import Box, Clip, LPRData, Product
-from sgmn.data.transforms import ImageTransform, box_to_patch_mask
+from sgmn.data.transforms import ImageTransform, box_to_patch_mask, normalise_uint8
 from sgmn.errors import DataError, ErrorPolicy, MediaError, OnError
 
 
@@ -151,14 +151,17 @@ class _ClipFrames:
         patch_mask = torch.ones(T, tokens, dtype=torch.bool)
         box_tensor = torch.zeros(T, 4)
         box_mask = torch.zeros(T, dtype=torch.bool)
+        raw = torch.empty(len(images), 3, size, size, dtype=torch.uint8)
         for t, (image, box) in enumerate(zip(images, boxes)):
-            frames[t], out_box = self.transform(image, box)
+            raw[t] = self.transform.pixels(image)
+            out_box = self.transform.transform_box(box, image.width, image.height)
             frame_mask[t] = True
             if out_box is not None:
                 box_tensor[t] = torch.tensor(out_box)
                 box_mask[t] = True
                 if use_boxes:
                     patch_mask[t] = box_to_patch_mask(out_box, size, self.patch_size)
+        normalise_uint8(raw, out=frames[: len(images)])  # the whole clip in one pass
         return {
             "frames": frames,
             "frame_mask": frame_mask,
@@ -276,7 +279,8 @@ class TrainPairs(_SkippingDataset):
         clip, product = self.data.clips[clip_id], self.data.products[product_id]
         truncate = (lambda n: self.truncation_keep(index, n)) if self.train else None
         sample = self.frames(clip, truncate=truncate, use_boxes=self.use_boxes, product_id=product_id)
-        sample["product_pixels"], _ = self.frames.transform(load_image(product.image_paths[0]))
+        side = self.frames.transform.resize_size  # decode no more pixels than the model uses
+        sample["product_pixels"], _ = self.frames.transform(load_image(product.image_paths[0], draft_size=(side, side)))
         dim = self.text.dim
         sample["asr_vec"], sample["asr_mask"] = _text_tensors(*self.text.clip(clip_id), dim, clip_id)
         sample["title_vec"], sample["title_mask"] = _text_tensors(

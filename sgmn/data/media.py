@@ -18,6 +18,7 @@ uses is decoded: JPEG draft mode and in-decoder scaling when a ``decode_size`` i
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -135,12 +136,27 @@ DEFAULT_VIDEO_LIMITS = VideoLimits()
 NO_VIDEO_LIMITS = VideoLimits(None, None, None, None, None)
 
 
-def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.VideoStream:
+def _video_stream(
+    container: av.container.InputContainer, path: Path, threads: Optional[int] = None
+) -> av.video.VideoStream:
     if not container.streams.video:
         raise MediaError("file has no video stream", file=path)
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
+    if threads is None:
+        threads = 1 if _in_dataloader_worker() else 0
+    if threads == 1:
+        # one thread per worker process: decoder threads cost CPU time to coordinate and, with
+        # frame threading, decode frames ahead that each seek throws away
+        stream.thread_type = "NONE"
+    else:
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads  # 0: FFmpeg picks from the cores
     return stream
+
+
+def _in_dataloader_worker() -> bool:
+    data = sys.modules.get("torch.utils.data")  # not imported: certainly no DataLoader worker
+    return data is not None and data.get_worker_info() is not None
 
 
 def _check_header(container, stream, path: Path, limits: VideoLimits) -> tuple[int, int]:
@@ -166,21 +182,19 @@ def _check_size(width: int, height: int, path: Path, limits: VideoLimits) -> Non
         )
 
 
-def _frame_table(path: Path, limits: VideoLimits):
+def _frame_table(container, stream, path: Path, limits: VideoLimits):
     """``(pts in presentation order, keyframe flags, width, height, time_base, rate)`` from the
     packets alone (demuxing reads no pixels); pts is None when a packet has no timestamp."""
-    with av.open(str(path)) as container:
-        stream = _video_stream(container, path)
-        width, height = _check_header(container, stream, path, limits)
-        entries = []
-        for packet in container.demux(stream):
-            if packet.size == 0:  # the demuxer's end-of-stream marker
-                continue
-            entries.append((packet.pts, bool(packet.is_keyframe)))
-            if limits.max_frames is not None and len(entries) > limits.max_frames:
-                raise MediaError(f"video has more than the limit of {limits.max_frames} frames", file=path)
-        rate = float(stream.average_rate) if stream.average_rate else None
-        time_base = stream.time_base
+    width, height = _check_header(container, stream, path, limits)
+    entries = []
+    for packet in container.demux(stream):
+        if packet.size == 0:  # the demuxer's end-of-stream marker
+            continue
+        entries.append((packet.pts, bool(packet.is_keyframe)))
+        if limits.max_frames is not None and len(entries) > limits.max_frames:
+            raise MediaError(f"video has more than the limit of {limits.max_frames} frames", file=path)
+    rate = float(stream.average_rate) if stream.average_rate else None
+    time_base = stream.time_base
     if any(pts is None for pts, _ in entries) or len({pts for pts, _ in entries}) != len(entries):
         return None, None, width, height, time_base, rate
     entries.sort()
@@ -245,20 +259,27 @@ def _to_array(frame, min_side: Optional[int]) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")
 
 
-def _decode_seeking(path, pts, segments, wanted, width, height, limits, min_side):
-    """Decode ``segments`` (seeking to each one's keyframe); returns ``{position: array}``."""
+def _decode_seeking(container, stream, path, pts, segments, wanted, width, height, limits, min_side):
+    """Decode ``segments`` (seeking to each one's keyframe); returns ``{position: array}``.
+
+    Packets of frames that were not asked for are decoded with ``skip_frame = NONREF``: a
+    frame no other frame references (most B-frames) is then dropped unread, which cannot
+    change the frames that are kept (that is what "not referenced" means); the sampled
+    frames themselves are always decoded in full.
+    """
     position_of = {p: i for i, p in enumerate(pts)}
     wanted_pts = {pts[i] for i in wanted}
     found: dict[int, np.ndarray] = {}
     budget = _runtime_budget(sum(e - s + 1 for s, e in segments), width, height, limits)
     decoded = 0
-    with av.open(str(path)) as container:
-        stream = _video_stream(container, path)
-        current = -1  # position of the last frame decoded
-        for start, end in segments:
-            if start > current + 1:
-                container.seek(pts[start], stream=stream, backward=True, any_frame=False)
-            for frame in container.decode(stream):
+    codec = stream.codec_context
+    for start, end in segments:
+        # the frame table's demuxing left the file at its end: always seek for the first segment
+        container.seek(pts[start], stream=stream, backward=True, any_frame=False)
+        done = False
+        for packet in container.demux(stream):
+            codec.skip_frame = "DEFAULT" if packet.pts in wanted_pts else "NONREF"
+            for frame in codec.decode(packet):
                 decoded += 1
                 if decoded > budget:
                     raise MediaError("video needs more decoding than its metadata said (limit reached)", file=path)
@@ -266,11 +287,14 @@ def _decode_seeking(path, pts, segments, wanted, width, height, limits, min_side
                 position = position_of.get(frame.pts)
                 if position is None:
                     continue
-                current = max(current, position)
                 if frame.pts in wanted_pts and position not in found:
                     found[position] = _to_array(frame, min_side)
                 if position >= end:
+                    done = True
                     break
+            if done:
+                break
+    codec.skip_frame = "DEFAULT"
     return found
 
 
@@ -293,6 +317,7 @@ def decode_video(
     *,
     limits: VideoLimits = DEFAULT_VIDEO_LIMITS,
     min_side: Optional[int] = None,
+    threads: Optional[int] = None,
 ) -> tuple[list[np.ndarray], list[int]]:
     """Decode frames of a video file: ``(HxWx3 uint8 RGB arrays, their frame indices)``.
 
@@ -300,50 +325,63 @@ def decode_video(
     then samples uniformly (see :func:`sample_indices`) from all frames, or from the thinned ones.
     Indices are positions in the video's presentation order (what per-frame annotations such as
     MovingFashion tracklets are keyed by). ``min_side`` scales the frames down (in the decoder's
-    scaler, aspect ratio kept) so their shorter side is that many pixels.
+    scaler, aspect ratio kept) so their shorter side is that many pixels. ``threads``: decoder
+    threads; ``None`` = one inside a DataLoader worker (the workers are the parallelism, and one
+    thread spends the least CPU per frame), else as many as FFmpeg chooses (lowest latency).
 
     Only what is used is decoded: the frame table comes from the packets (no pixels), the
     metadata is checked against ``limits`` first, and each sampled frame is reached by seeking
     to the keyframe before it. Files without timestamps are decoded from the start, within the
     same limits.
     """
+    arrays, positions, _ = _decode_video(path, num_frames, fps, rng, limits, min_side, threads)
+    return arrays, positions
+
+
+def _decode_video(path, num_frames, fps, rng, limits, min_side, threads=None):
+    """:func:`decode_video` plus the stream's frame size ``(h, w)`` (what boxes refer to)."""
     path = Path(path)
     if not path.is_file():
         raise MediaError("video file not found" if not path.exists() else "not a file", file=path)
     if fps is not None and fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     try:
-        pts, keyframes, width, height, time_base, rate = _frame_table(path, limits)
-        if pts is not None and pts:
-            if fps is not None:
-                candidates = _thin_by_fps([float(p * time_base) for p in pts], fps)
-            else:
-                candidates = list(range(len(pts)))
-            wanted = [candidates[i] for i in sample_indices(len(candidates), num_frames, rng)]
-            segments, work = _decode_plan(wanted, keyframes)
-            _check_work(work, width, height, path, limits, f"sampling {len(wanted)} frames")
-            found = _decode_seeking(path, pts, segments, wanted, width, height, limits, min_side)
-            if len(found) == len(wanted):
-                return [found[i] for i in wanted], wanted
+        # one open for the packet table and the decoding (opening probes the stream: not free)
+        with av.open(str(path)) as container:
+            stream = _video_stream(container, path, threads)
+            pts, keyframes, width, height, time_base, rate = _frame_table(container, stream, path, limits)
+            if pts is not None and pts:
+                if fps is not None:
+                    candidates = _thin_by_fps([float(p * time_base) for p in pts], fps)
+                else:
+                    candidates = list(range(len(pts)))
+                wanted = [candidates[i] for i in sample_indices(len(candidates), num_frames, rng)]
+                segments, work = _decode_plan(wanted, keyframes)
+                _check_work(work, width, height, path, limits, f"sampling {len(wanted)} frames")
+                found = _decode_seeking(container, stream, path, pts, segments, wanted, width, height, limits,
+                                        min_side)
+                if len(found) == len(wanted):
+                    return [found[i] for i in wanted], wanted, (height, width)
             # some frames in the table do not decode (a damaged file): sample again below from
             # what really decodes, so the frames still spread over the whole clip
-        arrays, positions = _decode_sequential_sampled(path, width, height, limits, num_frames, fps, rng, rate, min_side)
+        arrays, positions = _decode_sequential_sampled(path, width, height, limits, num_frames, fps, rng, rate,
+                                                       min_side, threads)
     except MediaError:
         raise
     except (av.FFmpegError, OSError, ValueError, IndexError) as err:
         raise MediaError(f"cannot decode video: {err}", file=path) from None
     if not arrays:
         raise MediaError("no decodable video frames", file=path)
-    return arrays, positions
+    return arrays, positions, (height, width)
 
 
-def _decode_sequential_sampled(path, width, height, limits, num_frames, fps, rng, rate, min_side):
+def _decode_sequential_sampled(path, width, height, limits, num_frames, fps, rng, rate, min_side, threads):
     """The fallback: a first pass finds what really decodes (and when), a second keeps the
     sampled frames; only those are ever held in memory."""
     budget = _sequential_budget(width, height, limits)
 
     def frames(container):
-        stream = _video_stream(container, path)
+        stream = _video_stream(container, path, threads)
         for position, frame in enumerate(container.decode(stream)):
             if position >= budget:
                 raise MediaError(f"video has more frames than can be decoded within the limits ({budget})", file=path)
@@ -402,6 +440,7 @@ def load_clip_frames(
     product_id: Optional[str] = None,
     decode_size: Optional[int] = None,
     video_limits: VideoLimits = DEFAULT_VIDEO_LIMITS,
+    decoder_threads: Optional[int] = None,
 ) -> tuple[list[Image.Image], list[Optional[Box]], list[int]]:
     """Sampled frames of a clip as RGB images, with their boxes and frame indices.
 
@@ -413,7 +452,7 @@ def load_clip_frames(
     (training-time temporal truncation), without reading the others. ``decode_size``: the
     frames are only needed at that size (a model input side): JPEG frames are decoded in draft
     mode and video frames scaled in the decoder so both sides stay >= ``decode_size``; boxes
-    are mapped onto the smaller frames.
+    are mapped onto the smaller frames. ``decoder_threads``: see :func:`decode_video`.
     """
     draft = (decode_size, decode_size) if decode_size is not None else None
     if clip.frame_paths:
@@ -435,7 +474,9 @@ def load_clip_frames(
             boxes.append(box)
         return images, boxes, indices
     if clip.video_path is not None:
-        arrays, indices, source_hw = _decode_clip_video(clip, num_frames, video_fps, rng, decode_size, video_limits)
+        arrays, indices, source_hw = _decode_clip_video(
+            clip, num_frames, video_fps, rng, decode_size, video_limits, decoder_threads
+        )
         if keep_first is not None:
             arrays, indices = arrays[:keep_first], indices[:keep_first]
         video_boxes = clip.video_boxes or {}
@@ -446,15 +487,11 @@ def load_clip_frames(
     raise MediaError(f"clip {clip.clip_id!r} has neither frame files nor a video", key=clip.clip_id)
 
 
-def _decode_clip_video(clip: Clip, num_frames, video_fps, rng, decode_size, limits):
+def _decode_clip_video(clip: Clip, num_frames, video_fps, rng, decode_size, limits, threads):
     """decode_video plus the source frame size (h, w) the boxes refer to."""
-    if decode_size is None:
-        arrays, indices = decode_video(clip.video_path, num_frames, fps=video_fps, rng=rng, limits=limits)
-        return arrays, indices, (arrays[0].shape[0], arrays[0].shape[1])
-    arrays, indices = decode_video(
-        clip.video_path, num_frames, fps=video_fps, rng=rng, limits=limits, min_side=decode_size
+    arrays, indices, source_hw = _decode_video(
+        clip.video_path, num_frames, video_fps, rng, limits, decode_size, threads
     )
-    with av.open(str(clip.video_path)) as container:  # it just decoded, so it opens
-        ctx = _video_stream(container, Path(clip.video_path)).codec_context
-        source_hw = (int(ctx.height or 0), int(ctx.width or 0))
+    if decode_size is None or 0 in source_hw:  # no header size: the decoded frames are full size
+        source_hw = (arrays[0].shape[0], arrays[0].shape[1])
     return arrays, indices, source_hw
