@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sgmn.data.media import decode_video, load_clip_frames, load_image, sample_indices
@@ -76,6 +77,59 @@ def test_truncated_jpeg_raises_media_error_naming_the_file(tmp_path):
     assert "frame-0001.jpg" in str(info.value)
     assert "truncated" in str(info.value)
     assert info.value.file == str(path)
+
+
+def photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Smooth shapes plus noise: compresses and scales like a camera frame."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([127 + 90 * np.sin(x / (23 + 9 * c) + y / (41 + 5 * c)) for c in range(3)], axis=-1)
+    base[(y - height / 2) ** 2 + (x - width / 3) ** 2 < (height / 4) ** 2] = (200, 40, 90)
+    base += rng.normal(0, 6, base.shape)
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def test_draft_decoded_jpeg_gives_the_model_the_same_input_as_a_full_decode(tmp_path):
+    """Decoding at reduced scale (libjpeg-turbo's scaled IDCT) is a downscale in itself: after
+    the 224 px transform the model input differs from the full decode's by a fraction of a
+    grey level on average."""
+    from sgmn.data.transforms import ImageTransform
+
+    path = tmp_path / "frame.jpg"
+    Image.fromarray(photo_like(720, 1280)).save(path, quality=90)
+    full, small = load_image(path), load_image(path, draft_size=(224, 224))
+    assert full.size == (1280, 720)
+    assert small.size == (480, 270)  # 3/8: the smallest k/8 scale keeping both sides >= 224
+    assert small.info["source_size"] == (1280, 720)
+    for geometry in ("squash", "resize-crop"):
+        transform = ImageTransform(224, geometry)
+        diff = (transform.pixels(small).float() - transform.pixels(full).float()).abs()
+        assert diff.mean() < 1.0 and torch.quantile(diff.flatten()[::7], 0.99) <= 4
+
+
+def test_draft_mode_keeps_small_grey_and_cmyk_jpegs_right(tmp_path):
+    small = tmp_path / "small.jpg"
+    Image.fromarray(photo_like(200, 300)).save(small, quality=90)
+    assert load_image(small, draft_size=(224, 224)).size == (300, 200)  # never below the request
+    grey = tmp_path / "grey.jpg"
+    Image.fromarray(photo_like(720, 1280)[..., 0]).save(grey, quality=90)
+    img = load_image(grey, draft_size=(224, 224))
+    assert img.mode == "RGB" and img.size == (480, 270)
+    pixels = np.asarray(img)
+    assert (pixels[..., 0] == pixels[..., 1]).all()
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.fromarray(photo_like(720, 1280)).convert("CMYK").save(cmyk, quality=90)
+    img = load_image(cmyk, draft_size=(224, 224))
+    assert img.mode == "RGB" and min(img.size) >= 224 and img.size[0] < 1280
+
+
+def test_truncated_jpeg_in_draft_mode_raises_media_error_naming_the_file(tmp_path):
+    path = tmp_path / "frame-0002.jpg"
+    Image.fromarray(photo_like(720, 1280)).save(path, quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MediaError, match=r"frame-0002\.jpg.*cannot decode image"):
+        load_image(path, draft_size=(224, 224))
 
 
 def test_not_an_image_and_missing_file_raise_media_error(tmp_path):

@@ -25,6 +25,7 @@ from typing import Optional, Union
 
 import av
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from sgmn.data.records import Box, Clip
@@ -70,9 +71,9 @@ def load_image(path: PathLike, draft_size: Optional[tuple[int, int]] = None) -> 
 
     The pixels are decoded here (not lazily), so a truncated or corrupt file fails now, with
     its name, rather than later inside a transform. ``draft_size`` (w, h): a JPEG is decoded
-    at the smallest of 1/1, 1/2, 1/4, 1/8 scale that is still at least that size (libjpeg's
-    draft mode: far less work when a 720p frame only feeds a 224 px model); other formats
-    are decoded in full. See :func:`image_scale` for mapping boxes onto the smaller image.
+    at the smallest scale k/8 (k = 1..8) that is still at least that size (libjpeg-turbo's
+    scaled IDCT: far less work when a 720p frame only feeds a 224 px model); other formats
+    are decoded in full. ``info["source_size"]`` keeps the file's size for mapping boxes.
     """
     path = Path(path)
     if not path.is_file():
@@ -101,9 +102,10 @@ def decode_image(
                 )
             source_size = img.size
             if draft_size is not None and img.format in ("JPEG", "MPO"):
-                img.draft("RGB", draft_size)
-            img.load()
-            out = img.convert("RGB")
+                out = _decode_jpeg_scaled(img, draft_size)
+            else:
+                img.load()
+                out = img.convert("RGB")  # a copy: never a memory map of a file that may change
             out.info["source_size"] = source_size
             return out
     except UnidentifiedImageError:
@@ -113,6 +115,25 @@ def decode_image(
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         # Pillow reports truncated / broken data as OSError ("image file is truncated ...")
         raise MediaError(f"cannot decode image: {err}", file=name) from None
+
+
+def _decode_jpeg_scaled(img, size: tuple[int, int]) -> Image.Image:
+    """An opened JPEG decoded at the smallest k/8 scale with both sides >= ``size``.
+
+    libjpeg-turbo (through simplejpeg) scales inside the IDCT at any k/8; Pillow's draft mode
+    offers only 1/2, 1/4, 1/8, so a 1280x720 frame for a 224 px model would be decoded at
+    640x360 where 480x270 (3/8) suffices: 15% less decoding and 45% fewer pixels to resize.
+    CMYK / YCCK JPEGs (not convertible by the scaled decoder) take Pillow's draft mode.
+    """
+    if img.mode not in ("RGB", "L"):
+        img.draft("RGB", size)
+        img.load()
+        return img.convert("RGB")
+    img.fp.seek(0)
+    data = img.fp.read()
+    # strict: a corrupt or truncated file raises (ValueError) instead of decoding grey blocks
+    pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=size[0], min_height=size[1], strict=True)
+    return Image.fromarray(pixels)
 
 
 @dataclass(frozen=True)
