@@ -201,9 +201,16 @@ def every_frame(path: Path) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("threads", [None, 1, 2])
-def test_seeking_and_skipping_unreferenced_frames_returns_the_frames_of_a_full_decode(tmp_path, threads):
-    """Seeking to the keyframe before each sampled frame, and dropping the unreferenced frames
-    nobody asked for, must give bit-identical pixels to decoding the whole clip."""
+def test_seeking_and_skipping_unreferenced_frames_returns_the_frames_of_a_full_decode(tmp_path, threads, monkeypatch):
+    """Seeking to the keyframe before each sampled frame, dropping the unreferenced frames
+    nobody asked for and draining the decoder after the last sampled packet must give
+    bit-identical pixels to decoding the whole clip."""
+    from sgmn.data import media
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the seeking path missed frames and fell back to sequential decoding")
+
+    monkeypatch.setattr(media, "_decode_sequential_sampled", no_fallback)
     path = write_h264_with_b_frames(tmp_path / "b.mp4")
     reference = every_frame(path)
     assert len(reference) == 48

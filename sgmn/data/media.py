@@ -286,7 +286,9 @@ def _decode_seeking(container, stream, path, pts, segments, wanted, width, heigh
     Packets of frames that were not asked for are decoded with ``skip_frame = NONREF``: a
     frame no other frame references (most B-frames) is then dropped unread, which cannot
     change the frames that are kept (that is what "not referenced" means); the sampled
-    frames themselves are always decoded in full.
+    frames themselves are always decoded in full. Once the last sampled packet of a segment
+    has been sent, the decoder is drained instead of fed the packets after it (which it
+    would otherwise decode just to fill its reordering delay).
     """
     position_of = {p: i for i, p in enumerate(pts)}
     wanted_pts = {pts[i] for i in wanted}
@@ -297,10 +299,16 @@ def _decode_seeking(container, stream, path, pts, segments, wanted, width, heigh
     for start, end in segments:
         # the frame table's demuxing left the file at its end: always seek for the first segment
         container.seek(pts[start], stream=stream, backward=True, any_frame=False)
+        unsent = {pts[i] for i in wanted if start <= i <= end}
         done = False
         for packet in container.demux(stream):
             codec.skip_frame = "DEFAULT" if packet.pts in wanted_pts else "NONREF"
-            for frame in codec.decode(packet):
+            unsent.discard(packet.pts)
+            frames = codec.decode(packet)
+            if not unsent:  # every sampled frame of the segment is in the decoder: drain it
+                frames += codec.decode(None)
+                done = True
+            for frame in frames:
                 decoded += 1
                 if decoded > budget:
                     raise MediaError("video needs more decoding than its metadata said (limit reached)", file=path)
