@@ -27,10 +27,14 @@ def test_smoke_mode_exits_zero_and_writes_nothing(tmp_path, monkeypatch, capsys)
 
 def test_loader_throughput_measures_every_case_and_reports_cores_for_8_gpus():
     rows = data_speed.measure_loader(**data_speed.SMOKE_LOADER)
-    modes = {(r["source"].split(" ")[1], r["mode"]) for r in rows}
-    assert modes == {("JPEG", "draft mode at the model size"), ("JPEG", "full decode"),
-                     ("H.264", "seek + scale in the decoder"), ("H.264", "seek, full-size frames")}
+    modes = {(r["kind"], r["mode"]) for r in rows}
+    assert modes == {("camera", data_speed.SCALED), ("camera", data_speed.FULL), ("extracted", data_speed.SCALED),
+                     ("shrunk", data_speed.SCALED), ("video", data_speed.SEEK_SCALED),
+                     ("video", data_speed.SEEK_FULL)}
     for r in rows:
-        assert r["frames"] > 0 and r["frames_per_s"] == r["frames"] / r["wall_s"]
+        assert r["frames"] > 0 and r["frames_per_s"] == r["frames"] / r["wall_s"] and r["kib_per_frame"] > 0
+    # the stream's own frames carry less noise than the camera-like ones: smaller files
+    kib = {r["kind"]: r["kib_per_frame"] for r in rows}
+    assert kib["extracted"] < kib["camera"]
     text = data_speed.loader_markdown(rows, data_speed.common.machine_info(), "cmd")
     assert "Cores for 8 GPUs" in text and "frames per CPU-second" in text
