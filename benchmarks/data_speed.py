@@ -219,13 +219,15 @@ def loader_profile(jpeg_path: Path, video_path: Path, *, num_frames: int = 10, i
     data = header()
     pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=side, min_height=side)
     image = Image.fromarray(pixels)
+    height, width = simplejpeg.decode_jpeg_header(data)[:2]
+    eighth = (math.ceil(height / 8), math.ceil(width / 8))
     clip_u8 = torch.stack([transform.pixels(image)] * num_frames)
     rows = [
         ("JPEG", "open, parse the header, read the file", ms(header)),
         ("JPEG", f"decode at {pixels.shape[1]}x{pixels.shape[0]} (libjpeg-turbo scaled IDCT)",
          ms(lambda: simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=side, min_height=side))),
-        ("JPEG", "... of which entropy decoding (about the whole decode at 1/8 scale)",
-         ms(lambda: simplejpeg.decode_jpeg(data, colorspace="RGB", min_factor=8))),
+        ("JPEG", f"... of which entropy decoding (about the whole decode at 1/8 scale, {eighth[1]}x{eighth[0]})",
+         ms(lambda: simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=eighth[1], min_height=eighth[0]))),
         ("JPEG", "wrap as a PIL image", ms(lambda: Image.fromarray(pixels))),
         ("JPEG", f"resize to {image_size} (torch uint8 bicubic + antialias)", ms(lambda: transform.pixels(image))),
         ("JPEG", "CLIP normalisation (one pass per clip)", ms(lambda: normalise_uint8(clip_u8)) / num_frames),
@@ -338,16 +340,36 @@ def loader_markdown(rows: list[dict], info: dict, command: str, profile: Optiona
         "machine CPU time is inflated too, see the load average). The full-size rows are the same "
         "pipeline without scaled decoding, measured interleaved in the same run. Camera-noise frames "
         "are synthetic photos with sensor-like noise saved at JPEG quality 90; the extracted ones are "
-        "frames of the benchmark's own H.264 stream saved at quality 90 (what a dataset extracted from "
-        "live streams ships: the encoder has already removed most noise, so the files are smaller).",
+        "frames of the benchmark's own H.264 stream saved at quality 90 (as a dataset extracted from "
+        "live streams ships them); the 224 px ones are those frames resized once (bicubic) before saving.",
         *([_profile_markdown(profile)] if profile else []),
         "**Cores for 8 GPUs** = 8 x (frames one GPU consumes per second) / (frames per core above); a "
         "GPU's rate is the clips/s of `benchmarks/gpu_check.py` times 10 frames (plus one product image "
         "per clip). A sampled video frame costs the decoding of the frames from the keyframe before it "
         f"({video['decoded_per_sample']:.1f} frames per sampled frame here: 2 s GOP at 30 fps, minus the "
         "unreferenced B-frames the decoder skips), so video is bound by its GOP, not by the 224 px "
-        "output: for training at scale, extract the sampled frames to JPEG once.",
+        "output.",
+        _advice(rows, profile),
     ])
+
+
+def _advice(rows: list[dict], profile: Optional[list]) -> str:
+    """What a user short of cores does, with the numbers of this run."""
+    rate = {r["kind"]: r["frames_per_cpu_s"] for r in rows if r["mode"] in (SCALED, SEEK_SCALED)}
+    entropy = next((ms_ for source, stage, ms_ in profile or [] if "entropy" in stage), None)
+    floor = (f" Entropy decoding alone ({entropy:.1f} ms for one camera-noise frame, work no CPU decoder "
+             f"can skip: every bit of the file is read) caps such frames at about {1000 / entropy:.0f} "
+             "frames per core: at 720p the goal is a matter of file size and CPU speed more than of the "
+             "pipeline." if entropy else "")
+    return (
+        "**When the cores are short.**" + floor + " (1) Extract the frames once at the model size "
+        f"(shorter side 224, or 256 for `resize-crop`): {rate['shrunk']:.0f} frames per core above, against "
+        f"{rate['camera']:.0f} at 720p and {rate['video']:.0f} from the mp4; e.g. with "
+        "`ffmpeg -i clip.mp4 -vf scale=-2:224 -q:v 2 clip/frame_%d.jpg`, into the frame-folder layout "
+        "the dataset's reader reads (boxes annotated on the original frames scale by the same factor). (2) Decode JPEG on the GPU (nvJPEG through `torchvision.io.decode_jpeg(device=\"cuda\")` "
+        "or NVIDIA DALI), which sgmn does not do. (3) For video, sampling keyframes only would cost "
+        "one I-frame per sampled frame, but it changes which frames are sampled, so it is not offered."
+    )
 
 
 def _profile_markdown(profile: list) -> str:
