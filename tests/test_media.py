@@ -314,3 +314,14 @@ def test_decoder_runs_one_thread_in_a_dataloader_worker_and_auto_elsewhere(tmp_p
     dataset = _DecoderThreading(path)
     assert dataset[0] == "AUTO"
     assert list(DataLoader(dataset, batch_size=None, num_workers=1)) == ["NONE"]
+
+
+def test_draft_mode_scales_only_by_half_or_more(tmp_path):
+    """5/8 .. 7/8 scales save little: an image under twice the size is decoded exactly in full."""
+    path = tmp_path / "f.jpg"
+    Image.fromarray(photo_like(96, 128)).save(path, quality=90)
+    full = np.asarray(load_image(path))
+    assert np.array_equal(np.asarray(load_image(path, draft_size=(64, 64))), full)  # 6/8 would fit
+    assert load_image(path, draft_size=(48, 48)).size == (64, 48)  # 1/2
+    assert load_image(path, draft_size=(40, 36)).size == (48, 36)  # 3/8
+    assert load_image(path, draft_size=(16, 12)).size == (16, 12)  # 1/8

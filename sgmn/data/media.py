@@ -71,9 +71,9 @@ def load_image(path: PathLike, draft_size: Optional[tuple[int, int]] = None) -> 
 
     The pixels are decoded here (not lazily), so a truncated or corrupt file fails now, with
     its name, rather than later inside a transform. ``draft_size`` (w, h): a JPEG is decoded
-    at the smallest scale k/8 (k = 1..8) that is still at least that size (libjpeg-turbo's
-    scaled IDCT: far less work when a 720p frame only feeds a 224 px model); other formats
-    are decoded in full. ``info["source_size"]`` keeps the file's size for mapping boxes.
+    at the smallest scale k/8 (k = 1..4) that is still at least that size (libjpeg-turbo's
+    scaled IDCT: far less work when a 720p frame only feeds a 224 px model); other formats,
+    and JPEGs less than twice that size, are decoded in full. ``info["source_size"]`` keeps the file's size for mapping boxes.
     """
     path = Path(path)
     if not path.is_file():
@@ -118,21 +118,28 @@ def decode_image(
 
 
 def _decode_jpeg_scaled(img, size: tuple[int, int]) -> Image.Image:
-    """An opened JPEG decoded at the smallest k/8 scale with both sides >= ``size``.
+    """An opened JPEG decoded at the smallest scale k/8, k <= 4, that keeps both sides >= ``size``
+    (in full when even 1/2 is too small).
 
     libjpeg-turbo (through simplejpeg) scales inside the IDCT at any k/8; Pillow's draft mode
     offers only 1/2, 1/4, 1/8, so a 1280x720 frame for a 224 px model would be decoded at
-    640x360 where 480x270 (3/8) suffices: 15% less decoding and 45% fewer pixels to resize.
-    CMYK / YCCK JPEGs (not convertible by the scaled decoder) take Pillow's draft mode.
+    640x360 where 480x270 (3/8) suffices: less decoding and 45% fewer pixels to resize. Scales
+    above 1/2 (5/8 .. 7/8) are not used: they save little work, and an image that only needs them
+    stays decoded exactly as without ``draft_size``. CMYK / YCCK JPEGs (which the scaled decoder
+    cannot convert) take Pillow's draft mode.
     """
-    if img.mode not in ("RGB", "L"):
-        img.draft("RGB", size)
+    width, height = img.size
+    eighths = next((k for k in (1, 2, 3, 4) if -(-width * k // 8) >= size[0] and -(-height * k // 8) >= size[1]), 8)
+    if eighths == 8 or img.mode not in ("RGB", "L"):
+        img.draft("RGB", size)  # Pillow: 1/2, 1/4 or 1/8 when they fit, else the full image
         img.load()
         return img.convert("RGB")
     img.fp.seek(0)
     data = img.fp.read()
-    # strict: a corrupt or truncated file raises (ValueError) instead of decoding grey blocks
-    pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=size[0], min_height=size[1], strict=True)
+    # simplejpeg takes the smallest scale whose output is at least min_width x min_height: k/8
+    # here. strict: a corrupt or truncated file raises (ValueError), not decoded as grey blocks
+    pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, min_width=-(-width * eighths // 8),
+                                    min_height=-(-height * eighths // 8))
     return Image.fromarray(pixels)
 
 
