@@ -218,7 +218,7 @@ def loader_profile(jpeg_path: Path, video_path: Path, *, num_frames: int = 10, i
 
     data = header()
     pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=side, min_height=side)
-    image = Image.fromarray(pixels)
+    image = pixels
     height, width = simplejpeg.decode_jpeg_header(data)[:2]
     eighth = (math.ceil(height / 8), math.ceil(width / 8))
     clip_u8 = torch.stack([transform.pixels(image)] * num_frames)
@@ -228,8 +228,7 @@ def loader_profile(jpeg_path: Path, video_path: Path, *, num_frames: int = 10, i
          ms(lambda: simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=side, min_height=side))),
         ("JPEG", f"... of which entropy decoding (about the whole decode at 1/8 scale, {eighth[1]}x{eighth[0]})",
          ms(lambda: simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=eighth[1], min_height=eighth[0]))),
-        ("JPEG", "wrap as a PIL image", ms(lambda: Image.fromarray(pixels))),
-        ("JPEG", f"resize to {image_size} (torch uint8 bicubic + antialias)", ms(lambda: transform.pixels(image))),
+        ("JPEG", f"resize to {image_size} (torch uint8 bicubic + antialias)", ms(lambda: transform.pixels(pixels))),
         ("JPEG", "CLIP normalisation (one pass per clip)", ms(lambda: normalise_uint8(clip_u8)) / num_frames),
     ]
     whole = ms(lambda: _pipeline(Clip("c", "r", frame_paths=[jpeg_path] * num_frames), num_frames, transform),
@@ -247,7 +246,7 @@ def loader_profile(jpeg_path: Path, video_path: Path, *, num_frames: int = 10, i
         frame = next(container.decode(video=0))
     scale = min(1.0, side / min(frame.width, frame.height))  # never scaled up (as media._to_array)
     size = dict(width=round(frame.width * scale), height=round(frame.height * scale))
-    small = Image.fromarray(frame.to_ndarray(format="rgb24", **size))
+    small = frame.to_ndarray(format="rgb24", **size)
     total = ms(lambda: _pipeline(clip, num_frames, transform), 2) / num_frames
     opening = ms(table, 5)
     convert = ms(lambda: frame.to_ndarray(format="rgb24", **size))
@@ -274,12 +273,13 @@ def _pipeline(clip, num_frames: int, transform, decode_size="model") -> int:
 
     if decode_size == "model":
         decode_size = transform.resize_size
-    images, boxes, _ = load_clip_frames(clip, num_frames, decode_size=decode_size, decoder_threads=1)
+    images, boxes, _ = load_clip_frames(clip, num_frames, decode_size=decode_size, decoder_threads=1,
+                                        as_arrays=True)
     size = transform.image_size
     raw = torch.empty(len(images), 3, size, size, dtype=torch.uint8)
     for t, (image, box) in enumerate(zip(images, boxes)):
         raw[t] = transform.pixels(image)
-        transform.transform_box(box, image.width, image.height)
+        transform.transform_box(box, image.shape[1], image.shape[0])
     normalise_uint8(raw)
     return len(images)
 

@@ -325,3 +325,27 @@ def test_draft_mode_scales_only_by_half_or_more(tmp_path):
     assert load_image(path, draft_size=(48, 48)).size == (64, 48)  # 1/2
     assert load_image(path, draft_size=(40, 36)).size == (48, 36)  # 3/8
     assert load_image(path, draft_size=(16, 12)).size == (16, 12)  # 1/8
+
+
+def test_frames_as_arrays_are_the_pil_frames_with_the_same_boxes(tmp_path):
+    """The torch datasets take the decoders' arrays directly: same pixels, same boxes."""
+    jpegs, pngs = [], []
+    for i in range(3):
+        frame = Image.fromarray(photo_like(720, 1280, seed=i))
+        jpegs.append(tmp_path / f"{i}.jpg")
+        frame.save(jpegs[-1], quality=90)
+        pngs.append(tmp_path / f"{i}.png")
+        frame.resize((320, 180)).save(pngs[-1])
+    box = (128.0, 72.0, 640.0, 360.0)
+    video = write_gray_video(tmp_path / "v.mp4", [40 * i for i in range(6)], size=(640, 480))
+    clips = [Clip("jpeg", "r", frame_paths=jpegs, boxes=[box] * 3),
+             Clip("png", "r", frame_paths=pngs, boxes=[box] * 3, frame_sizes=[(720, 1280)] * 3),
+             Clip("video", "r", video_path=video, video_boxes={0: box, 3: box})]
+    for clip in clips:
+        for decode_size in (None, 224):
+            images, boxes, indices = load_clip_frames(clip, 3, decode_size=decode_size)
+            arrays, array_boxes, array_indices = load_clip_frames(clip, 3, decode_size=decode_size, as_arrays=True)
+            assert indices == array_indices and boxes == array_boxes and any(b is not None for b in boxes)
+            for image, array in zip(images, arrays):
+                assert isinstance(image, Image.Image) and isinstance(array, np.ndarray) and array.flags.writeable
+                np.testing.assert_array_equal(np.asarray(image), array)

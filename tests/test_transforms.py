@@ -135,3 +135,16 @@ def test_clip_normalisation_in_one_pass_equals_the_formula():
     assert torch.allclose(normalise_uint8(pixels), expected, atol=1e-5)
     out = torch.full((4, 3, 8, 8), float("nan"))
     assert normalise_uint8(pixels, out=out) is out and torch.allclose(out, expected, atol=1e-5)
+
+
+def test_an_array_image_transforms_like_the_pil_image():
+    array = np.random.default_rng(1).integers(0, 256, (90, 160, 3), dtype=np.uint8)
+    transform = ImageTransform(32)
+    from_pil, box_pil = transform(Image.fromarray(array), (10, 10, 80, 60))
+    from_array, box_array = transform(array, (10, 10, 80, 60))
+    assert torch.equal(from_pil, from_array) and box_pil == box_array
+    read_only = array.copy()
+    read_only.flags.writeable = False
+    assert torch.equal(transform(read_only)[0], from_array)
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        transform(array.astype(np.float32))

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from sgmn.data.media import load_clip_frames, load_image
 from sgmn.data.records import Box, Clip, LPRData, Product
-from sgmn.data.transforms import ImageTransform, box_to_patch_mask, normalise_uint8
+from sgmn.data.transforms import ImageTransform, box_to_patch_mask, image_wh, normalise_uint8
 from sgmn.errors import DataError, ErrorPolicy, MediaError, OnError
 
 
@@ -138,6 +138,7 @@ class _ClipFrames:
         images, boxes, indices = load_clip_frames(
             clip, self.num_frames, video_fps=self.video_fps, keep_first=keep_first, product_id=product_id,
             decode_size=self.transform.resize_size,  # decode no more pixels than the model uses
+            as_arrays=True,  # the decoders' arrays, without a copy through PIL
         )
         if truncate is not None and not clip.frame_paths:
             # a video's frame count is known only after decoding
@@ -154,7 +155,7 @@ class _ClipFrames:
         raw = torch.empty(len(images), 3, size, size, dtype=torch.uint8)
         for t, (image, box) in enumerate(zip(images, boxes)):
             raw[t] = self.transform.pixels(image)
-            out_box = self.transform.transform_box(box, image.width, image.height)
+            out_box = self.transform.transform_box(box, *image_wh(image))
             frame_mask[t] = True
             if out_box is not None:
                 box_tensor[t] = torch.tensor(out_box)

@@ -73,12 +73,28 @@ def load_image(path: PathLike, draft_size: Optional[tuple[int, int]] = None) -> 
     its name, rather than later inside a transform. ``draft_size`` (w, h): a JPEG is decoded
     at the smallest scale k/8 (k = 1..4) that is still at least that size (libjpeg-turbo's
     scaled IDCT: far less work when a 720p frame only feeds a 224 px model); other formats,
-    and JPEGs less than twice that size, are decoded in full. ``info["source_size"]`` keeps the file's size for mapping boxes.
+    and JPEGs less than twice that size, are decoded in full. ``info["source_size"]`` keeps the
+    file's size for mapping boxes.
     """
     path = Path(path)
     if not path.is_file():
         raise MediaError("image file not found" if not path.exists() else "not a file", file=path)
     return decode_image(path, name=path, draft_size=draft_size)
+
+
+def _load_frame(path: Path, draft_size: Optional[tuple[int, int]], as_array: bool):
+    """:func:`load_image` as a PIL image or (``as_array``) a writable HxWx3 uint8 array, plus the
+    file's size (w, h). Each decoder's own output is handed on as it is when it is what was asked
+    for (no round trip through the other type)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError("image file not found" if not path.exists() else "not a file", file=path)
+    pixels, source_size = _decode(path, path, None, IMAGE_FORMATS, draft_size)
+    if as_array and not isinstance(pixels, np.ndarray):
+        pixels = np.array(pixels, dtype=np.uint8)
+    elif not as_array and isinstance(pixels, np.ndarray):
+        pixels = Image.fromarray(pixels)
+    return pixels, source_size
 
 
 def decode_image(
@@ -94,20 +110,25 @@ def decode_image(
     cannot expand into a huge bitmap. Only ``formats`` are tried (others are refused unread).
     The returned image's ``info["source_size"]`` is the size before any draft scaling.
     """
+    pixels, source_size = _decode(source, name, max_pixels, formats, draft_size)
+    out = Image.fromarray(pixels) if isinstance(pixels, np.ndarray) else pixels
+    out.info["source_size"] = source_size
+    return out
+
+
+def _decode(source, name, max_pixels, formats, draft_size):
+    """``(RGB pixels: a PIL image or an HxWx3 uint8 array, size of the file (w, h))``."""
     try:
         with Image.open(source, formats=list(formats)) as img:
             if max_pixels is not None and img.width * img.height > max_pixels:
                 raise MediaError(
                     f"image is {img.width}x{img.height} pixels, more than the limit of {max_pixels}", file=name
                 )
-            source_size = img.size
+            source_size = img.size  # before draft mode changes it
             if draft_size is not None and img.format in ("JPEG", "MPO"):
-                out = _decode_jpeg_scaled(img, draft_size)
-            else:
-                img.load()
-                out = img.convert("RGB")  # a copy: never a memory map of a file that may change
-            out.info["source_size"] = source_size
-            return out
+                return _decode_jpeg_scaled(img, draft_size), source_size
+            img.load()
+            return img.convert("RGB"), source_size  # a copy: never a memory map of a file that may change
     except UnidentifiedImageError:
         raise MediaError(
             f"not a readable image in an accepted format ({', '.join(formats)}), or corrupt", file=name
@@ -117,7 +138,7 @@ def decode_image(
         raise MediaError(f"cannot decode image: {err}", file=name) from None
 
 
-def _decode_jpeg_scaled(img, size: tuple[int, int]) -> Image.Image:
+def _decode_jpeg_scaled(img, size: tuple[int, int]) -> Union[Image.Image, np.ndarray]:
     """An opened JPEG decoded at the smallest scale k/8, k <= 4, that keeps both sides >= ``size``
     (in full when even 1/2 is too small).
 
@@ -128,7 +149,7 @@ def _decode_jpeg_scaled(img, size: tuple[int, int]) -> Image.Image:
     stays decoded exactly as without ``draft_size``. CMYK / YCCK JPEGs (which the scaled decoder
     cannot convert) take Pillow's draft mode.
     """
-    width, height = img.size
+    width, height = img.size  # the file's size (draft below changes img.size)
     eighths = next((k for k in (1, 2, 3, 4) if -(-width * k // 8) >= size[0] and -(-height * k // 8) >= size[1]), 8)
     if eighths == 8 or img.mode not in ("RGB", "L"):
         img.draft("RGB", size)  # Pillow: 1/2, 1/4 or 1/8 when they fit, else the full image
@@ -138,9 +159,8 @@ def _decode_jpeg_scaled(img, size: tuple[int, int]) -> Image.Image:
     data = img.fp.read()
     # simplejpeg takes the smallest scale whose output is at least min_width x min_height: k/8
     # here. strict: a corrupt or truncated file raises (ValueError), not decoded as grey blocks
-    pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, min_width=-(-width * eighths // 8),
-                                    min_height=-(-height * eighths // 8))
-    return Image.fromarray(pixels)
+    return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, min_width=-(-width * eighths // 8),
+                                  min_height=-(-height * eighths // 8))
 
 
 @dataclass(frozen=True)
@@ -456,12 +476,13 @@ def _sequential_budget(width: int, height: int, limits: VideoLimits) -> int:
     return max(1, min(caps)) if caps else 10**12
 
 
-def _rescale_box(box: Box, source_hw: tuple[int, int], image: Image.Image) -> Box:
-    """Map a box given in the source's frame size onto the frame file actually read."""
+def _rescale_box(box: Box, source_hw: tuple[int, int], target_hw: tuple[int, int]) -> Box:
+    """Map a box given in the source's frame size onto the frame actually read (size ``target_hw``)."""
     src_h, src_w = source_hw
-    if src_h <= 0 or src_w <= 0 or (image.height, image.width) == (src_h, src_w):
+    height, width = target_hw
+    if src_h <= 0 or src_w <= 0 or (height, width) == (src_h, src_w):
         return box
-    sx, sy = image.width / src_w, image.height / src_h
+    sx, sy = width / src_w, height / src_h
     x1, y1, x2, y2 = box
     return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
 
@@ -477,7 +498,8 @@ def load_clip_frames(
     decode_size: Optional[int] = None,
     video_limits: VideoLimits = DEFAULT_VIDEO_LIMITS,
     decoder_threads: Optional[int] = None,
-) -> tuple[list[Image.Image], list[Optional[Box]], list[int]]:
+    as_arrays: bool = False,
+) -> tuple[list[Union[Image.Image, np.ndarray]], list[Optional[Box]], list[int]]:
     """Sampled frames of a clip as RGB images, with their boxes and frame indices.
 
     Frame-folder clips sample from ``clip.frame_paths`` (boxes of the ground-truth product
@@ -486,29 +508,32 @@ def load_clip_frames(
     decoded (optionally thinned to ``video_fps`` first); their boxes come from
     ``clip.video_boxes`` by frame index. ``keep_first`` keeps only that many of the sampled frames
     (training-time temporal truncation), without reading the others. ``decode_size``: the
-    frames are only needed at that size (a model input side): JPEG frames are decoded in draft
-    mode and video frames scaled in the decoder so both sides stay >= ``decode_size``; boxes
-    are mapped onto the smaller frames. ``decoder_threads``: see :func:`decode_video`.
+    frames are only needed at that size (a model input side): JPEG frames are decoded at a
+    reduced scale and video frames scaled in the decoder so both sides stay >= ``decode_size``;
+    boxes are mapped onto the smaller frames. ``decoder_threads``: see :func:`decode_video`.
+    ``as_arrays``: HxWx3 uint8 arrays instead of PIL images (what the decoders produce: the
+    torch datasets take them without a copy through PIL).
     """
     draft = (decode_size, decode_size) if decode_size is not None else None
     if clip.frame_paths:
         indices = sample_indices(len(clip.frame_paths), num_frames, rng)
         if keep_first is not None:
             indices = indices[:keep_first]
-        images, boxes = [], []
+        frames, boxes = [], []
         clip_boxes = clip.boxes_for(product_id)
         for i in indices:
-            image = load_image(clip.frame_paths[i], draft_size=draft)
+            pixels, (w, h) = _load_frame(clip.frame_paths[i], draft, as_arrays)
             box = clip_boxes[i] if clip_boxes is not None and i < len(clip_boxes) else None
             if box is not None:
-                if clip.frame_sizes is not None and i < len(clip.frame_sizes):
-                    box = _rescale_box(box, clip.frame_sizes[i], image)
-                else:  # boxes are in the file's pixels; draft mode may have shrunk it
-                    w, h = image.info.get("source_size", image.size)
-                    box = _rescale_box(box, (h, w), image)
-            images.append(image)
+                # boxes are in the annotated frame's pixels (the file's unless frame_sizes says
+                # otherwise); a reduced-scale decode shrinks the frame further
+                sizes = clip.frame_sizes
+                source_hw = sizes[i] if sizes is not None and i < len(sizes) else (h, w)
+                read_hw = pixels.shape[:2] if as_arrays else (pixels.height, pixels.width)
+                box = _rescale_box(box, source_hw, read_hw)
+            frames.append(pixels)
             boxes.append(box)
-        return images, boxes, indices
+        return frames, boxes, indices
     if clip.video_path is not None:
         arrays, indices, source_hw = _decode_clip_video(
             clip, num_frames, video_fps, rng, decode_size, video_limits, decoder_threads
@@ -516,10 +541,9 @@ def load_clip_frames(
         if keep_first is not None:
             arrays, indices = arrays[:keep_first], indices[:keep_first]
         video_boxes = clip.video_boxes or {}
-        images = [Image.fromarray(a) for a in arrays]
         boxes = [video_boxes.get(i) for i in indices]
-        boxes = [None if b is None else _rescale_box(b, source_hw, im) for b, im in zip(boxes, images)]
-        return images, boxes, indices
+        boxes = [None if b is None else _rescale_box(b, source_hw, a.shape[:2]) for b, a in zip(boxes, arrays)]
+        return (arrays if as_arrays else [Image.fromarray(a) for a in arrays]), boxes, indices
     raise MediaError(f"clip {clip.clip_id!r} has neither frame files nor a video", key=clip.clip_id)
 
 

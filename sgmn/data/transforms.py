@@ -10,7 +10,7 @@ same object; the part of a box cut off by the crop is clipped away.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 Geometry = Literal["squash", "resize-crop"]
+ImageLike = Union[Image.Image, np.ndarray]  # an RGB PIL image or an HxWx3 uint8 array
 GEOMETRIES = ("squash", "resize-crop")
 
 # The minimum IoU between a patch cell and the product box for the patch to stay visible
@@ -50,12 +51,25 @@ def to_normalised_tensor(img: Image.Image) -> torch.Tensor:
     return normalise_uint8(_pixels_chw(img))
 
 
-def _pixels_chw(img: Image.Image) -> torch.Tensor:
-    """The pixels of an image as a uint8 (3, H, W) tensor (a channels-last view of one copy)."""
+def _pixels_chw(img: ImageLike) -> torch.Tensor:
+    """The pixels of an image as a uint8 (3, H, W) tensor (a channels-last view)."""
+    if isinstance(img, np.ndarray):
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"an array image must be HxWx3 uint8, got shape {img.shape} dtype {img.dtype}")
+        if not img.flags.writeable:  # torch wants writable memory (nothing here writes to it)
+            img = img.copy()
+        return torch.from_numpy(img).permute(2, 0, 1)
     if img.mode != "RGB":
         img = img.convert("RGB")
     # np.array copies (Pillow hands out read-only bytes); the tensor then owns writable memory
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def image_wh(img: ImageLike) -> tuple[int, int]:
+    """(width, height) of a PIL image or an HxWx3 array."""
+    if isinstance(img, np.ndarray):
+        return img.shape[1], img.shape[0]
+    return img.size
 
 
 @dataclass
@@ -83,12 +97,12 @@ class ImageTransform:
         return int(round((self.resize_size - self.image_size) / 2))
 
     def __call__(
-        self, img: Image.Image, box: Optional[Box] = None
+        self, img: ImageLike, box: Optional[Box] = None
     ) -> tuple[torch.Tensor, Optional[Box]]:
         """Normalised float32 (3, S, S) pixels and the box mapped onto them."""
-        return normalise_uint8(self.pixels(img)), self.transform_box(box, img.width, img.height)
+        return normalise_uint8(self.pixels(img)), self.transform_box(box, *image_wh(img))
 
-    def pixels(self, img: Image.Image) -> torch.Tensor:
+    def pixels(self, img: ImageLike) -> torch.Tensor:
         """The resized (+ cropped) image as uint8 (3, S, S), before normalisation.
 
         Bicubic with antialiasing, as CLIP's own preprocessing (PIL's BICUBIC), computed by
