@@ -685,37 +685,20 @@ def _fill_text_cache(encoder, data, splits: list[str], batch_size: int = 256) ->
 
 
 def _sharded_validator(data, val_split: str, text_val, cfg: TrainConfig) -> Validator:
-    """Validation split by rooms over the ranks (a query only meets its room's gallery, so rooms
-    are independent); the rankings are gathered and every rank computes the same metrics."""
-    from sgmn.eval.metrics import chance_recall_at_1, recall_summary
+    """Validation with the work split over the ranks: ``evaluate(distributed=True)``, the sharded
+    protocol of ``sgmn eval`` (every rank encodes a share of the gallery and the queries, and
+    learns the same rankings and metrics as one process). Every rank must call it."""
     from sgmn.eval.protocol import evaluate
 
-    clips = data.split_clips(val_split)
-    rooms = sorted({c.room_id for c in clips})
-
     def validate(model: nn.Module, epoch: int) -> dict:
-        mine = set(rooms[dist_utils.rank() :: dist_utils.world_size()])
-        ids = [c.clip_id for c in clips if c.room_id in mine]
-        rankings, ground_truth, skipped = {}, {}, 0
-        if ids:
-            shard = dataclasses.replace(data, splits={**data.splits, val_split: ids})
-            device = resolve_device(cfg.device)
-            with _autocast(device, cfg.resolve_precision(device.type)):  # as in training
-                result = evaluate(
-                    model, shard, split=val_split, mode="video", gallery="main", batch_size=cfg.val_batch_size,
-                    device=device, text=text_val, num_workers=cfg.num_workers, progress=dist_utils.rank() == 0,
-                )
-            rankings, ground_truth = result.rankings, result.ground_truth
-            skipped = int(result.metrics.get("num_skipped_unreadable") or 0)
-        parts = dist_utils.all_gather_object((rankings, ground_truth, skipped))
-        rankings = {q: r for part in parts for q, r in part[0].items()}
-        ground_truth = {q: g for part in parts for q, g in part[1].items()}
-        metrics = recall_summary(rankings, ground_truth)
-        room_of = {c.clip_id: c.room_id for c in clips}
-        sizes = {q: len(data.rooms[room_of[q]].product_ids) for q in ground_truth}
-        metrics["chance_R@1"] = chance_recall_at_1(ground_truth, sizes)
-        metrics["num_skipped_unreadable"] = sum(part[2] for part in parts)
-        return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        device = resolve_device(cfg.device)
+        with _autocast(device, cfg.resolve_precision(device.type)):  # as in training
+            result = evaluate(
+                model, data, split=val_split, mode="video", gallery="main", batch_size=cfg.val_batch_size,
+                device=device, text=text_val, num_workers=cfg.num_workers, progress=dist_utils.rank() == 0,
+                distributed=True,  # (0, 1) shard without a process group
+            )
+        return {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
 
     validate.sharded = True
     return validate
