@@ -185,9 +185,10 @@ def measure_loader(*, width: int = 1280, height: int = 720, jpeg_clips: int = 20
 
 
 def loader_profile(jpeg_path: Path, video_path: Path, *, num_frames: int = 10, image_size: int = 224,
-                   repeats: int = 5) -> list[tuple[str, str, float]]:
-    """Where one frame's CPU time goes: ``(source, stage, ms per frame)``, each stage timed on its
-    own (median of ``repeats``) with the same calls the pipeline makes."""
+                   repeats: int = 7) -> list[tuple[str, str, float]]:
+    """Where one frame's CPU time goes: ``(source, stage, ms per frame)``. Each stage is timed on
+    its own with the calls the pipeline makes; the stages take turns (``repeats`` rounds, median
+    per stage), so a noisy neighbour hits them alike."""
     import av
     import simplejpeg
     import torch
@@ -201,16 +202,6 @@ def loader_profile(jpeg_path: Path, video_path: Path, *, num_frames: int = 10, i
     transform = ImageTransform(image_size, "squash")
     side = transform.resize_size
 
-    def ms(fn, count: int = 20) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            cpu0 = time.process_time()
-            for _ in range(count):
-                fn()
-            times.append((time.process_time() - cpu0) / count * 1e3)
-        return sorted(times)[len(times) // 2]
-
     def header():
         with Image.open(jpeg_path) as img:
             img.fp.seek(0)
@@ -218,25 +209,11 @@ def loader_profile(jpeg_path: Path, video_path: Path, *, num_frames: int = 10, i
 
     data = header()
     pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=side, min_height=side)
-    image = pixels
     height, width = simplejpeg.decode_jpeg_header(data)[:2]
     eighth = (math.ceil(height / 8), math.ceil(width / 8))
-    clip_u8 = torch.stack([transform.pixels(image)] * num_frames)
-    rows = [
-        ("JPEG", "open, parse the header, read the file", ms(header)),
-        ("JPEG", f"decode at {pixels.shape[1]}x{pixels.shape[0]} (libjpeg-turbo scaled IDCT)",
-         ms(lambda: simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=side, min_height=side))),
-        ("JPEG", f"... of which entropy decoding (about the whole decode at 1/8 scale, {eighth[1]}x{eighth[0]})",
-         ms(lambda: simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=eighth[1], min_height=eighth[0]))),
-        ("JPEG", f"resize to {image_size} (torch uint8 bicubic + antialias)", ms(lambda: transform.pixels(pixels))),
-        ("JPEG", "CLIP normalisation (one pass per clip)", ms(lambda: normalise_uint8(clip_u8)) / num_frames),
-    ]
-    whole = ms(lambda: _pipeline(Clip("c", "r", frame_paths=[jpeg_path] * num_frames), num_frames, transform),
-               2) / num_frames
-    parts = sum(v for _, stage, v in rows if not stage.startswith("..."))
-    rows += [("JPEG", "the rest (Python, sampling, box mapping, copies)", whole - parts),
-             ("JPEG", "**whole pipeline** (load_clip_frames + resize + normalise)", whole)]
-    clip = Clip("v", "r", video_path=video_path)
+    clip_u8 = torch.stack([transform.pixels(pixels)] * num_frames)
+    jpeg_clip = Clip("c", "r", frame_paths=[jpeg_path] * num_frames)
+    video_clip = Clip("v", "r", video_path=video_path)
 
     def table():
         with av.open(str(video_path)) as container:
@@ -247,19 +224,48 @@ def loader_profile(jpeg_path: Path, video_path: Path, *, num_frames: int = 10, i
     scale = min(1.0, side / min(frame.width, frame.height))  # never scaled up (as media._to_array)
     size = dict(width=round(frame.width * scale), height=round(frame.height * scale))
     small = frame.to_ndarray(format="rgb24", **size)
-    total = ms(lambda: _pipeline(clip, num_frames, transform), 2) / num_frames
-    opening = ms(table, 5)
-    convert = ms(lambda: frame.to_ndarray(format="rgb24", **size))
-    resize = ms(lambda: transform.pixels(small)) + ms(lambda: normalise_uint8(clip_u8)) / num_frames
-    rows += [
-        ("H.264", "open the file, read the packet table (per clip, per sampled frame)", opening / num_frames),
+    # name: (function, calls per round, frames per call)
+    stages = {
+        "header": (header, 20, 1),
+        "decode": (lambda: simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=side, min_height=side), 20, 1),
+        "entropy": (lambda: simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=eighth[1],
+                                                   min_height=eighth[0]), 20, 1),
+        "resize_jpeg": (lambda: transform.pixels(pixels), 20, 1),
+        "normalise": (lambda: normalise_uint8(clip_u8), 20, num_frames),
+        "jpeg_whole": (lambda: _pipeline(jpeg_clip, num_frames, transform), 2, num_frames),
+        "table": (table, 5, num_frames),
+        "convert": (lambda: frame.to_ndarray(format="rgb24", **size), 20, 1),
+        "resize_video": (lambda: transform.pixels(small), 20, 1),
+        "video_whole": (lambda: _pipeline(video_clip, num_frames, transform), 1, num_frames),
+    }
+    times: dict[str, list[float]] = {name: [] for name in stages}
+    for fn, _, _ in stages.values():
+        fn()  # warm up
+    for _ in range(repeats):
+        for name, (fn, calls, frames) in stages.items():
+            cpu0 = time.process_time()
+            for _ in range(calls):
+                fn()
+            times[name].append((time.process_time() - cpu0) / (calls * frames) * 1e3)
+    t = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+    jpeg_parts = t["header"] + t["decode"] + t["resize_jpeg"] + t["normalise"]
+    video_parts = t["table"] + t["convert"] + t["resize_video"] + t["normalise"]
+    return [
+        ("JPEG", "open, parse the header, read the file", t["header"]),
+        ("JPEG", f"decode at {pixels.shape[1]}x{pixels.shape[0]} (libjpeg-turbo scaled IDCT)", t["decode"]),
+        ("JPEG", f"... of which entropy decoding (about the whole decode at 1/8 scale, {eighth[1]}x{eighth[0]})",
+         t["entropy"]),
+        ("JPEG", f"resize to {image_size} (torch uint8 bicubic + antialias)", t["resize_jpeg"]),
+        ("JPEG", "CLIP normalisation (one pass per clip)", t["normalise"]),
+        ("JPEG", "the rest (Python, sampling, box mapping, copies)", t["jpeg_whole"] - jpeg_parts),
+        ("JPEG", "**whole pipeline** (load_clip_frames + resize + normalise)", t["jpeg_whole"]),
+        ("H.264", "open the file, read the packet table (per clip, per sampled frame)", t["table"]),
         ("H.264", "seek + decode from the keyframe before each sampled frame (the rest)",
-         total - opening / num_frames - convert - resize),
-        ("H.264", f"scale to {size['width']}x{size['height']} + convert to RGB (swscale)", convert),
-        ("H.264", f"resize to {image_size} + normalise", resize),
-        ("H.264", "**whole pipeline**", total),
+         t["video_whole"] - video_parts),
+        ("H.264", f"scale to {size['width']}x{size['height']} + convert to RGB (swscale)", t["convert"]),
+        ("H.264", f"resize to {image_size} + normalise", t["resize_video"] + t["normalise"]),
+        ("H.264", "**whole pipeline**", t["video_whole"]),
     ]
-    return rows
 
 
 def _pipeline(clip, num_frames: int, transform, decode_size="model") -> int:
