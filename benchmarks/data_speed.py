@@ -94,7 +94,7 @@ def _write_h264(path: Path, frames, rate: int = 30, gop: int = 60) -> None:
 
 
 def measure_loader(*, width: int = 1280, height: int = 720, jpeg_clips: int = 20, video_frames: int = 300,
-                   video_clips: int = 4, num_frames: int = 10, image_size: int = 224, repeats: int = 3,
+                   video_clips: int = 4, num_frames: int = 10, image_size: int = 224, repeats: int = 5,
                    profile: Optional[list] = None) -> list[dict]:
     """Frames/s of the frame pipeline (sample, decode, boxes, transform) in this one process.
     ``profile``: a list to fill with :func:`loader_profile`'s rows for the same files."""
