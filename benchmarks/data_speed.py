@@ -414,7 +414,8 @@ def _advice(rows: list[dict], profile: Optional[list]) -> str:
         f"(shorter side 224, or 256 for `resize-crop`): {rate['shrunk']:.0f} frames per core above, against "
         f"{rate['camera']:.0f} at 720p and {rate['video']:.0f} from the mp4; e.g. with "
         "`ffmpeg -i clip.mp4 -vf scale=-2:224 -q:v 2 clip/frame_%d.jpg`, into the frame-folder layout "
-        "the dataset's reader reads (boxes annotated on the original frames scale by the same factor). (2) Decode JPEG on the GPU (nvJPEG through `torchvision.io.decode_jpeg(device=\"cuda\")` "
+        "the dataset's reader reads (boxes annotated on the original frames scale by the same factor). "
+        "(2) Decode JPEG on the GPU (nvJPEG through `torchvision.io.decode_jpeg(device=\"cuda\")` "
         "or NVIDIA DALI), which sgmn does not do. (3) For video, sampling keyframes only would cost "
         "one I-frame per sampled frame, but it changes which frames are sampled, so it is not offered."
     )

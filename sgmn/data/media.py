@@ -13,7 +13,8 @@ Untrusted media is bounded before heavy work: images are opened only in the form
 :data:`IMAGE_FORMATS`; a video's size, frame count, duration and decoding work are checked
 against :class:`VideoLimits` from its metadata and packet table before a frame is decoded, and
 only the sampled frames are decoded (seeking to the keyframe before each). Only what the model
-uses is decoded: JPEG draft mode and in-decoder scaling when a ``decode_size`` is given.
+uses is decoded: JPEG frames at a reduced k/8 scale and video frames scaled in the decoder when
+a ``decode_size`` is given.
 """
 
 from __future__ import annotations
