@@ -302,8 +302,8 @@ of the exact top-10 at 200k rows), but neighbours are not random: contrast well 
 near the subspace's 32. The distribution is the one of the earlier measurements, unchanged.
 
 FAISS builds on {threads} thread(s), queries on one. FAISS indexes are calibrated at build time as the
-Retriever does: nprobe / efSearch doubled until recall@10 on gallery probes reaches 0.95, then
-bisected back to the smallest setting that still reaches it (IVF-PQ first doubles its re-ranked
+Retriever does: nprobe / efSearch doubled until recall@10 on 256 gallery probes reaches 0.95 plus two
+standard errors of that estimate (0.959), then bisected back to the smallest setting that still reaches it (IVF-PQ first doubles its re-ranked
 short list, with the widest probing, while that raises recall). IVF-Flat has {cfg.ivf_nlist} lists
 trained on {cfg.ivf_train_rows:,} sampled rows (the earlier setting). IVF-PQ + re-rank is the
 catalogue's default above 50k rows (`IndexConfig.large_kind`): `IVF{{4·sqrt(rows)}}_HNSW32,PQ{{d/4}}x4fs,RFlat`

@@ -232,15 +232,21 @@ class VectorIndex:
 
     def calibrate(self, vectors: np.ndarray, target: float, k: int = 10, row_ids: Optional[np.ndarray] = None) -> float:
         """Double nprobe (IVF kinds) or efSearch (HNSW) until recall@k on probe queries reaches
-        ``target`` or the configured maximum, then bisect back down between the last setting
-        that missed and the first that reached it (the cheapest setting that reaches it, to
-        within an eighth of the step); returns the recall reached.
+        ``target`` (plus two standard errors of the probe estimate) or the configured maximum,
+        then bisect back down between the last setting that missed and the first that reached it
+        (the cheapest setting that reaches it, to within an eighth of the step); returns the
+        recall reached on the probes.
 
         Probe queries are gallery rows; each row itself is left out of both result lists so
         that finding itself does not inflate the recall. FAISS stores both settings in the index
         file, so a reloaded index keeps its calibration.
         """
         recall = self._recall_probe(vectors, k, row_ids)
+        # the probe recall is an estimate from a few hundred queries: aim two standard errors
+        # above the target, so that new queries reach it too (the bisection below otherwise
+        # stops exactly at it, and held-out queries then miss it about half the time)
+        probes = min(self.config.calibration_queries, vectors.shape[0]) * k
+        target = min(1.0, target + 2 * math.sqrt(target * (1 - target) / max(probes, 1)))
         if self.kind in ("ivf", "ivfpq"):
             ceiling = min(self._ivf.nlist, self.config.max_ivf_nprobe)
             get = lambda: self._ivf.nprobe  # noqa: E731
