@@ -24,3 +24,10 @@ def test_scale_smoke_measures_every_backend_and_writes_its_section(tmp_path):
         assert r["build_s"] > 0 and 0 < r["add_ms"] / 1e3 < r["build_s"] and np.isfinite(r["remove_ms"])
     text = doc.read_text()
     assert "<!-- scale:start -->" in text and "Milvus Lite HNSW" in text and "add 1 product ms" in text
+
+
+def test_noise_raises_the_intrinsic_dimension_and_moves_some_neighbours():
+    effect = scale.noise_effect(3_000, dim=128, queries=50)
+    assert 0.2 < effect["top10_overlap"] < 1.0  # the noise moves some of the top-10, not all
+    assert effect["clean"]["lid"] < effect["noisy"]["lid"]
+    assert effect["noisy"]["contrast"] > 1.0

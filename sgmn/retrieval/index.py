@@ -32,9 +32,10 @@ class IndexConfig:
     # PQ fast-scan codes and exact re-ranking of a short list), "hnsw" (HNSW-Flat).
     kind: Optional[IndexKind] = None
     flat_below: int = 50_000  # fewer rows than this: exact flat index
-    # Above flat_below: IVF-PQ + re-ranking. Measured (docs/benchmarks.md, "Scale"): the only kind
-    # here under 10 ms per query at recall@10 >= 0.95 on 1M rows; IVF-Flat must scan a quarter of
-    # the lists, HNSW builds ~10x slower and cannot remove rows.
+    # Above flat_below: IVF-PQ + re-ranking. Measured (docs/benchmarks.md, "Scale"): under 10 ms per
+    # query (p50) at recall@10 >= 0.95 on 1M rows; IVF-Flat scans a fifth of its lists for that
+    # (11 ms at 200k rows already), HNSW builds 3x fewer rows per second (at 200k rows; slower as
+    # the graph grows) and cannot remove rows.
     large_kind: IndexKind = "ivfpq"
     ivf_nlist: Optional[int] = None  # None: about 4·sqrt(rows), at least 1, at most rows / 39
     ivf_nprobe: int = 64  # lists scanned per query (the starting point when calibrating)
