@@ -58,7 +58,7 @@ def _same(found, exact):
     assert [s for s, *_ in found] == pytest.approx([s for s, *_ in exact], abs=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
 def test_faiss_catalogue_follows_adds_replaces_and_removes_without_rebuilding(tmp_path, kind):
     config = IndexConfig(kind=kind, ivf_nlist=4, ivf_nprobe=4, target_recall=None)
     rng = np.random.default_rng(1)
@@ -82,7 +82,7 @@ def test_faiss_catalogue_follows_adds_replaces_and_removes_without_rebuilding(tm
         assert catalogue.stats["rows_added"] == 2 + 1 + 1
         # p1-3 had 1 + 3 % 3 = 1 image, p2-5 had 1 + 5 % 3 = 3
         assert catalogue.stats["rows_removed"] == 1 + 3
-        if kind == "hnsw":  # HNSW cannot drop nodes: masked, not removed
+        if kind in ("hnsw", "ivfpq"):  # HNSW cannot drop nodes, IVF-PQ's re-ranking rows: masked
             assert catalogue.index.size == size + 4 and catalogue.masked == 4
         else:
             assert catalogue.index.size == size + 4 - 4 and catalogue.masked == 0

@@ -53,14 +53,26 @@ def test_concatenated_inner_product_is_the_sgmn_score():
 
 
 def test_index_kind_follows_size_thresholds_and_override():
-    cfg = IndexConfig(flat_below=100, ivf_below=1000)
-    assert [cfg.choose_kind(n) for n in (99, 100, 999, 1000)] == ["flat", "ivf", "ivf", "hnsw"]
+    cfg = IndexConfig(flat_below=100)
+    assert [cfg.choose_kind(n) for n in (99, 100, 10**6)] == ["flat", "ivfpq", "ivfpq"]
+    assert IndexConfig(flat_below=100, large_kind="hnsw").choose_kind(1000) == "hnsw"
     assert IndexConfig(kind="hnsw").choose_kind(10) == "hnsw"
     with pytest.raises(ValueError, match="index kind"):
         IndexConfig(kind="lsh").choose_kind(10)
+    with pytest.raises(ValueError, match="large_kind"):
+        IndexConfig(large_kind="flat").choose_kind(10**6)
     assert IndexConfig().choose_kind(20_000) == "flat"
-    assert IndexConfig().choose_kind(200_000) == "ivf"
-    assert IndexConfig().choose_kind(2_000_000) == "hnsw"
+    # measured (benchmarks/scale.py): the large-catalogue default that meets < 10 ms at recall 0.95 on 1M rows
+    assert IndexConfig().choose_kind(200_000) == "ivfpq"
+    assert IndexConfig().choose_kind(2_000_000) == "ivfpq"
+
+
+def test_pq_code_count_divides_the_dimension():
+    cfg = IndexConfig()
+    assert cfg.pq_codes_for(512) == 128 and cfg.pq_codes_for(1024) == 256 and cfg.pq_codes_for(8) == 2
+    for d in (30, 7, 1, 100):
+        m = cfg.pq_codes_for(d)
+        assert d % m == 0 and m >= 1
 
 
 def test_flat_index_equals_exact_search():
@@ -141,3 +153,60 @@ def test_calibration_raises_probing_until_the_target_recall_and_survives_a_reloa
     back = VectorIndex.load(tmp_path / "ivf.faiss", "ivf", calibrated.config)
     assert back.search_setting == calibrated.search_setting
     np.testing.assert_array_equal(back.search(queries, 10)[1], calibrated.search(queries, 10)[1])
+
+
+def _low_rank(rng, n, d=64, rank=8, noise=0.3):
+    basis = np.linalg.qr(rng.standard_normal((d, rank)))[0].T
+    x = rng.standard_normal((n, rank)) @ basis + rng.standard_normal((n, d)) * noise * np.sqrt(rank / d)
+    return _unit(x)
+
+
+def test_ivfpq_reranks_exactly_reaches_calibrated_recall_updates_and_round_trips(tmp_path):
+    rng = np.random.default_rng(7)
+    data = _low_rank(rng, 8_200)
+    gallery, queries = data[:8_000], data[8_000:]
+    _, exact = exact_search(queries, gallery, 10)
+    ids = np.arange(len(gallery), dtype=np.int64) * 2 + 1  # ids are not row numbers
+    idx = VectorIndex.build(gallery, IndexConfig(kind="ivfpq", ivf_nprobe=2), ids=ids)
+    setting = idx.search_setting
+    assert idx.kind == "ivfpq" and setting["PQ"] == "16x4" and setting["nlist"] == IndexConfig().nlist_for(8_000)
+    assert idx.recall >= 0.95 and setting["nprobe"] > 2
+    scores, found = idx.search(queries, 10)
+    assert _recall_at_10(exact, (found - 1) // 2) >= 0.9  # held-out queries
+    # scores are re-ranked from the full vectors: exact inner products, not PQ estimates
+    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", queries, gallery[(found - 1) // 2]), atol=1e-5)
+    # added rows are found at once; rows cannot be removed (the catalogue masks them)
+    idx.add(queries[:2], np.array([10**9, 10**9 + 1]))
+    assert idx.search(queries[:2], 1)[1][:, 0].tolist() == [10**9, 10**9 + 1]
+    assert not idx.can_remove
+    with pytest.raises(ValueError, match="cannot remove"):
+        idx.remove(np.array([1]))
+    idx.save(tmp_path / "pq.faiss")
+    back = VectorIndex.load(tmp_path / "pq.faiss", "ivfpq", idx.config)
+    assert back.search_setting == setting
+    np.testing.assert_array_equal(back.search(queries, 10)[1], idx.search(queries, 10)[1])
+
+
+def test_ivfpq_calibration_lengthens_the_reranked_list_where_pq_codes_rank_badly():
+    # structureless vectors: 4-bit PQ codes rank poorly, so even every list scanned misses
+    # neighbours until more candidates are re-ranked exactly
+    rng = np.random.default_rng(8)
+    gallery = _unit(rng.standard_normal((6_000, 32)))
+    fixed = VectorIndex.build(gallery, IndexConfig(kind="ivfpq", ivf_nprobe=10**6, target_recall=None))
+    calibrated = VectorIndex.build(gallery, IndexConfig(kind="ivfpq", target_recall=0.95))
+    assert fixed.search_setting["nprobe"] == fixed.search_setting["nlist"]  # the coarse stage misses nothing
+    assert fixed.probe_recall(gallery) < 0.95
+    assert calibrated.recall >= 0.95 and float(calibrated.search_setting["re-rank"][:-1]) > 16
+
+
+def test_calibration_settles_on_the_cheapest_nprobe_that_reaches_the_target():
+    rng = np.random.default_rng(5)
+    gallery = _unit(rng.standard_normal((20_000, 32)))
+    idx = VectorIndex.build(gallery, IndexConfig(kind="ivf", ivf_nprobe=4, target_recall=0.95))
+    best = idx.search_setting["nprobe"]
+    # the aim: 0.95 plus two standard errors of the estimate from 256 probe queries x 10 neighbours
+    aim = 0.95 + 2 * np.sqrt(0.95 * 0.05 / 2560)
+    assert idx.probe_recall(gallery) == pytest.approx(idx.recall) and idx.recall >= aim
+    # one bisection step lower misses it: doubling alone would have stopped at a power of two
+    idx.index.nprobe = best - max(1, best // 8)
+    assert idx.probe_recall(gallery) < aim

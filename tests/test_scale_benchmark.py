@@ -16,11 +16,18 @@ def test_scale_smoke_measures_every_backend_and_writes_its_section(tmp_path):
     doc = tmp_path / "bench.md"
     rows = scale.run(scale.smoke_config(), doc=doc)
     methods = [r["method"] for r in rows]
-    assert methods == ["FAISS IVF", "FAISS HNSW", "Milvus Lite HNSW", "exact, one room"]
+    assert methods == ["FAISS IVF", "FAISS IVF-PQ + re-rank", "FAISS HNSW", "Milvus Lite HNSW", "exact, one room"]
     for r in rows:
         assert 0.9 <= r["recall@10"] <= 1.0  # tiny catalogues: (almost) exact
         assert 0 < r["p50_ms"] <= r["p99_ms"] and 0 < r["batched_p50_ms"] <= r["batched_p99_ms"]
-    for r in rows[:3]:  # one product added and removed without a rebuild: far below the build time
+    for r in rows[:4]:  # one product added and removed without a rebuild: far below the build time
         assert r["build_s"] > 0 and 0 < r["add_ms"] / 1e3 < r["build_s"] and np.isfinite(r["remove_ms"])
     text = doc.read_text()
     assert "<!-- scale:start -->" in text and "Milvus Lite HNSW" in text and "add 1 product ms" in text
+
+
+def test_noise_raises_the_intrinsic_dimension_and_moves_some_neighbours():
+    effect = scale.noise_effect(3_000, dim=128, queries=50)
+    assert 0.2 < effect["top10_overlap"] < 1.0  # the noise moves some of the top-10, not all
+    assert effect["clean"]["lid"] < effect["noisy"]["lid"]
+    assert effect["noisy"]["contrast"] > 1.0

@@ -81,7 +81,10 @@ class FaissCatalogue(Catalogue):
             index = self._index
             if index is None:
                 return []
-            kk = min(index.size, k * 4 + len(self._masked))
+            # masked rows are skipped below and the list widened while too few products remain;
+            # not widened up front by the number masked, which reaches 20% of a large index
+            # (HNSW, IVF-PQ) before a rebuild and would make every search scan that many
+            kk = min(index.size, k * 4)
             while True:
                 scores, ids = index.search(query, kk)
                 hits, found = best_products((scores[0], ids[0]), k, self._records.__getitem__, self._masked)

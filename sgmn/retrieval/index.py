@@ -19,18 +19,31 @@ import numpy as np
 
 from sgmn.retrieval.store import RoomVectors
 
-IndexKind = Literal["flat", "ivf", "hnsw"]
+IndexKind = Literal["flat", "ivf", "ivfpq", "hnsw"]
+INDEX_KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 
 
 @dataclass
 class IndexConfig:
     """Which FAISS index a global catalogue gets, and its search-time settings."""
 
-    kind: Optional[IndexKind] = None  # None: chosen by catalogue size with the thresholds below
+    # None: chosen by catalogue size: exact flat below ``flat_below`` rows, ``large_kind`` above.
+    # Kinds: "flat" (exact), "ivf" (IVF-Flat), "ivfpq" (IVF with an HNSW coarse quantizer, 4-bit
+    # PQ fast-scan codes and exact re-ranking of a short list), "hnsw" (HNSW-Flat).
+    kind: Optional[IndexKind] = None
     flat_below: int = 50_000  # fewer rows than this: exact flat index
-    ivf_below: int = 1_000_000  # fewer rows than this: IVF-Flat; otherwise HNSW
+    # Above flat_below: IVF-PQ + re-ranking. Measured (docs/benchmarks.md, "Scale"): under 10 ms per
+    # query (p50) at recall@10 >= 0.95 on 1M rows; IVF-Flat scans a fifth of its lists for that
+    # (11 ms at 200k rows already), HNSW builds 3x fewer rows per second (at 200k rows; slower as
+    # the graph grows) and cannot remove rows.
+    large_kind: IndexKind = "ivfpq"
     ivf_nlist: Optional[int] = None  # None: about 4·sqrt(rows), at least 1, at most rows / 39
     ivf_nprobe: int = 64  # lists scanned per query (the starting point when calibrating)
+    # IVF-PQ: k-means trains on at most this many rows per list (FAISS wants >= 39); training on
+    # every row of a 1M catalogue would cost minutes and gain nothing
+    ivf_train_per_list: int = 40
+    pq_dims_per_code: int = 4  # IVF-PQ: dimensions per 4-bit sub-quantizer (512-d: 128 codes, 64 bytes)
+    refine_factor: int = 16  # IVF-PQ: candidates re-ranked exactly per result wanted
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 128  # candidate list per query (the starting point when calibrating)
@@ -42,24 +55,30 @@ class IndexConfig:
     calibration_queries: int = 256
     max_ivf_nprobe: int = 1024
     max_hnsw_ef_search: int = 2048
+    max_refine_factor: int = 256
     seed: int = 0
 
     def choose_kind(self, rows: int) -> IndexKind:
         if self.kind is not None:
-            if self.kind not in ("flat", "ivf", "hnsw"):
-                raise ValueError(f"index kind must be flat, ivf or hnsw, got {self.kind!r}")
+            if self.kind not in INDEX_KINDS:
+                raise ValueError(f"index kind must be one of {', '.join(INDEX_KINDS)}, got {self.kind!r}")
             return self.kind
         if rows < self.flat_below:
             return "flat"
-        if rows < self.ivf_below:
-            return "ivf"
-        return "hnsw"
+        if self.large_kind not in INDEX_KINDS or self.large_kind == "flat":
+            raise ValueError(f"large_kind must be ivf, ivfpq or hnsw, got {self.large_kind!r}")
+        return self.large_kind
 
     def nlist_for(self, rows: int) -> int:
         if self.ivf_nlist is not None:
             return max(1, min(self.ivf_nlist, rows))
         # FAISS wants ~39 training points per centroid; sqrt scaling keeps lists balanced.
         return max(1, min(int(4 * math.sqrt(rows)), rows // 39 or 1))
+
+    def pq_codes_for(self, dim: int) -> int:
+        """Sub-quantizers of an IVF-PQ index: about ``dim / pq_dims_per_code``, dividing ``dim``."""
+        want = max(1, dim // max(1, self.pq_dims_per_code))
+        return min((m for m in range(1, dim + 1) if dim % m == 0), key=lambda m: (abs(m - want), -m))
 
 
 def gallery_matrix(room: RoomVectors, text_weight: float, main_image_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +103,19 @@ def best_per_product(scores: np.ndarray, product_of_row: np.ndarray, n_products:
     return out
 
 
+def top_rows(queries: np.ndarray, gallery: np.ndarray, k: int, chunk: int = 64) -> np.ndarray:
+    """Exact top-k rows by inner product, sorted, in query chunks (no full sort of a 1M-row
+    score matrix; ties in any order): what calibration compares an index against."""
+    k = min(k, len(gallery))
+    out = []
+    for lo in range(0, len(queries), chunk):
+        s = queries[lo:lo + chunk] @ gallery.T
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1, kind="stable")
+        out.append(np.take_along_axis(part, order, axis=1))
+    return np.concatenate(out)
+
+
 def exact_search(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k by inner product, sorted by score (ties broken by row order); (scores, rows)."""
     scores = queries @ gallery.T
@@ -93,7 +125,7 @@ def exact_search(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.n
 
 
 class VectorIndex:
-    """A FAISS inner-product index over gallery rows (flat, IVF-Flat or HNSW-Flat)."""
+    """A FAISS inner-product index over gallery rows (flat, IVF-Flat, IVF-PQ + re-ranking or HNSW-Flat)."""
 
     def __init__(self, index: faiss.Index, kind: IndexKind, config: IndexConfig):
         self.index = index
@@ -120,19 +152,40 @@ class VectorIndex:
             index = faiss.IndexIVFFlat(quantizer, dim, config.nlist_for(n), faiss.METRIC_INNER_PRODUCT)
             index.cp.seed = config.seed
             index.train(vectors)
+        elif kind == "ivfpq":
+            nlist = config.nlist_for(n)
+            # the HNSW coarse quantizer finds the nprobe nearest of thousands of centroids in far
+            # less time than a flat scan of them; fast-scan PQ codes are scanned in SIMD registers;
+            # RFlat keeps the full vectors and re-ranks refine_factor·k candidates exactly
+            key = f"IVF{nlist}_HNSW32,PQ{config.pq_codes_for(dim)}x4fs,RFlat"
+            index = faiss.index_factory(dim, key, faiss.METRIC_INNER_PRODUCT)
+            ivf = faiss.downcast_index(faiss.downcast_index(index).base_index)
+            ivf.cp.seed = config.seed
+            # k-means assigns with an exact flat index (by default it would rebuild and search
+            # the HNSW quantizer every iteration: slower, and approximate)
+            clustering = faiss.IndexFlatIP(dim)
+            ivf.clustering_index = clustering
+            train_rows = min(n, max(config.ivf_train_per_list * nlist, 256))
+            sample = vectors if train_rows >= n else vectors[
+                np.sort(np.random.default_rng(config.seed).choice(n, train_rows, replace=False))]
+            index.train(sample)
+            ivf.clustering_index = None  # owned by Python: not left dangling in the index
+            del clustering
+            faiss.downcast_index(index).k_factor = config.refine_factor
         else:
             index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = config.hnsw_ef_construction
         if ids is not None and kind != "ivf":
-            # IVF lists store ids themselves (and remove them); flat and HNSW need an id map
+            # IVF lists store ids themselves (and remove them); flat, HNSW and the re-ranking
+            # layer of IVF-PQ (which finds full vectors by position) need an id map
             index = faiss.IndexIDMap2(index)
         built = cls(index, kind, config)
         if ids is None:
             index.add(vectors)
         else:
             built.add(vectors, ids)
-        if kind == "ivf":
-            index.nprobe = min(config.ivf_nprobe, index.nlist)
+        if kind in ("ivf", "ivfpq"):
+            built._set_nprobe(config.ivf_nprobe)
         elif kind == "hnsw":
             built._inner.hnsw.efSearch = config.hnsw_ef_search
         if kind != "flat" and config.target_recall is not None:
@@ -146,6 +199,21 @@ class VectorIndex:
             return faiss.downcast_index(self.index.index)
         return self.index
 
+    @property
+    def _ivf(self) -> faiss.IndexIVF:
+        """The inverted-file index (IVF kinds): under the id map and, for IVF-PQ, the re-ranking."""
+        inner = self._inner
+        if self.kind == "ivfpq":
+            return faiss.downcast_index(faiss.downcast_index(inner).base_index)
+        return inner
+
+    def _set_nprobe(self, nprobe: int) -> None:
+        ivf = self._ivf
+        ivf.nprobe = max(1, min(nprobe, ivf.nlist))
+        if self.kind == "ivfpq":
+            # an HNSW quantizer returns only as good a shortlist as its candidate list allows
+            faiss.downcast_index(ivf.quantizer).hnsw.efSearch = max(64, 2 * ivf.nprobe)
+
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Add rows with their int64 ids (no rebuild; an IVF keeps its trained centroids)."""
         vectors = np.ascontiguousarray(vectors, np.float32)
@@ -153,29 +221,77 @@ class VectorIndex:
 
     @property
     def can_remove(self) -> bool:
-        """HNSW graphs cannot drop nodes: callers keep a delete map and rebuild now and then."""
-        return self.kind != "hnsw"
+        """HNSW graphs cannot drop nodes, and IVF-PQ's re-ranking layer stores vectors by position:
+        callers keep a delete map and rebuild now and then."""
+        return self.kind not in ("hnsw", "ivfpq")
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove rows by id (flat and IVF only); returns how many were removed."""
         if not self.can_remove:
-            raise ValueError("an HNSW index cannot remove vectors (keep a delete map and rebuild)")
+            raise ValueError(f"an {self.kind} index cannot remove vectors (keep a delete map and rebuild)")
         return int(self.index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, np.int64))))
 
     def calibrate(self, vectors: np.ndarray, target: float, k: int = 10, row_ids: Optional[np.ndarray] = None) -> float:
-        """Double nprobe (IVF) or efSearch (HNSW) until recall@k on probe queries reaches
-        ``target`` or the configured maximum; returns the recall reached.
+        """Double nprobe (IVF kinds) or efSearch (HNSW) until recall@k on probe queries reaches
+        ``target`` (plus two standard errors of the probe estimate) or the configured maximum,
+        then bisect back down between the last setting that missed and the first that reached it
+        (the cheapest setting that reaches it, to within an eighth of the step); returns the
+        recall reached on the probes.
 
         Probe queries are gallery rows; each row itself is left out of both result lists so
         that finding itself does not inflate the recall. FAISS stores both settings in the index
         file, so a reloaded index keeps its calibration.
         """
+        recall = self._recall_probe(vectors, k, row_ids)
+        # the probe recall is an estimate from a few hundred queries: aim two standard errors
+        # above the target, so that new queries reach it too (the bisection below otherwise
+        # stops exactly at it, and held-out queries then miss it about half the time)
+        probes = min(self.config.calibration_queries, vectors.shape[0]) * k
+        target = min(1.0, target + 2 * math.sqrt(target * (1 - target) / max(probes, 1)))
+        if self.kind in ("ivf", "ivfpq"):
+            ceiling = min(self._ivf.nlist, self.config.max_ivf_nprobe)
+            get = lambda: self._ivf.nprobe  # noqa: E731
+            put = self._set_nprobe
+        else:
+            ceiling = self.config.max_hnsw_ef_search
+            get = lambda: self._inner.hnsw.efSearch  # noqa: E731
+
+            def put(value: int) -> None:
+                self._inner.hnsw.efSearch = value
+
+        if self.kind == "ivfpq":
+            self._calibrate_refine(recall, target)
+        reached, missed = recall(), None
+        while reached < target and get() < ceiling:
+            missed = get()
+            put(min(2 * get(), ceiling))
+            reached = recall()
+        if missed is not None and reached >= target:
+            good, good_recall = get(), reached
+            while good - missed > max(1, good // 8):
+                middle = (missed + good) // 2
+                put(middle)
+                r = recall()
+                if r >= target:
+                    good, good_recall = middle, r
+                else:
+                    missed = middle
+            put(good)
+            reached = good_recall
+        return reached
+
+    def probe_recall(self, vectors: np.ndarray, k: int = 10, row_ids: Optional[np.ndarray] = None) -> float:
+        """Recall@k at the current settings on the probe queries calibration uses (gallery rows,
+        each left out of both result lists)."""
+        return self._recall_probe(vectors, k, row_ids)()
+
+    def _recall_probe(self, vectors: np.ndarray, k: int, row_ids: Optional[np.ndarray]):
         n = vectors.shape[0]
         rng = np.random.default_rng(self.config.seed)
         probe_rows = rng.choice(n, size=min(self.config.calibration_queries, n), replace=False)
         queries = vectors[probe_rows]
         kk = min(k + 1, n)
-        _, exact = exact_search(queries, vectors, kk)
+        exact = top_rows(queries, vectors, kk)
 
         position = None
         if row_ids is not None and not np.array_equal(row_ids, np.arange(n)):
@@ -193,25 +309,33 @@ class VectorIndex:
                 total += len(want)
             return hits / max(total, 1)
 
+        return recall
+
+    def _calibrate_refine(self, recall, target: float) -> None:
+        """IVF-PQ: with the widest probing allowed, double the re-ranked share while the recall
+        is short of ``target`` and still rises (PQ codes rank badly on structureless vectors;
+        no nprobe makes up for too short a list to re-rank). nprobe is calibrated after this."""
+        refine = faiss.downcast_index(self._inner)
+        start = self._ivf.nprobe
+        self._set_nprobe(min(self._ivf.nlist, self.config.max_ivf_nprobe))
         reached = recall()
-        while reached < target:
-            if self.kind == "ivf":
-                if self.index.nprobe >= min(self.index.nlist, self.config.max_ivf_nprobe):
-                    break
-                self.index.nprobe = min(2 * self.index.nprobe, self.index.nlist, self.config.max_ivf_nprobe)
-            else:
-                hnsw = self._inner.hnsw
-                if hnsw.efSearch >= self.config.max_hnsw_ef_search:
-                    break
-                hnsw.efSearch = min(2 * hnsw.efSearch, self.config.max_hnsw_ef_search)
-            reached = recall()
-        return reached
+        while reached < target and refine.k_factor < self.config.max_refine_factor:
+            refine.k_factor = min(2 * refine.k_factor, self.config.max_refine_factor)
+            before, reached = reached, recall()
+            if reached < before + 0.002:
+                refine.k_factor /= 2  # the short list is not what misses: probing is
+                break
+        self._set_nprobe(start)
 
     @property
     def search_setting(self) -> dict:
         """The search-time parameter in force (after calibration), for reports."""
         if self.kind == "ivf":
             return {"nlist": self.index.nlist, "nprobe": self.index.nprobe}
+        if self.kind == "ivfpq":
+            ivf = self._ivf
+            return {"nlist": ivf.nlist, "nprobe": ivf.nprobe, "PQ": f"{ivf.pq.M}x4",
+                    "re-rank": f"{faiss.downcast_index(self._inner).k_factor:g}k"}
         if self.kind == "hnsw":
             return {"M": self.config.hnsw_m, "efSearch": self._inner.hnsw.efSearch}
         return {}
