@@ -77,7 +77,13 @@ ABLATIONS = {  # effect name -> the model without that component
     "SMF": ModelSpec("SGMN − SMF", "sgmn-tiny", (("use_smf", False),)),
     "text": ModelSpec("SGMN − text", "sgmn-tiny", (("use_text", False),)),
 }
-MODELS: tuple[ModelSpec, ...] = (CLIP_MEANPOOL, RICE, FULL, *ABLATIONS.values(), SCRATCH)
+# Other designs of a component, trained side by side with the default one (paired rows in the
+# effects table: "SGMN − it"), so a design choice is a measurement, not a claim.
+ALTERNATIVES = {  # effect name -> the model with the other design
+    "TGA as a CLS mix": ModelSpec("SGMN, TGA as a CLS mix (α₀ 0.1)", "sgmn-tiny",
+                                  (("tga_mode", "mix"), ("tga_mix_init", 0.1))),
+}
+MODELS: tuple[ModelSpec, ...] = (CLIP_MEANPOOL, RICE, FULL, *ABLATIONS.values(), *ALTERNATIVES.values(), SCRATCH)
 # effect name -> the model full SGMN is compared with (paired difference SGMN − it)
 EFFECTS = {**{k: m.label for k, m in ABLATIONS.items()}, "vs_clip_meanpool": CLIP_MEANPOOL.label}
 # Issue 9 goal 5: the preset whose difficulty knob each component targets. `hard` raises every
@@ -579,6 +585,10 @@ def render(cfg: AccuracyConfig, rows: list[dict], knob_rows: list[dict], doc: di
             cells.append(_bold_if_clear(doc["effects"][p].get(name)))
         if any(c != "–" for c in cells):
             etable.append([f"SGMN − {EFFECTS[name]}" if name == "vs_clip_meanpool" else f"{name} (SGMN − SGMN without it)", *cells])
+    for name, spec in ALTERNATIVES.items():
+        if spec.label in models:
+            cells = [_bold_if_clear(paired_effect(rows, p, FULL.label, spec.label, cfg.n_boot)) for p in cfg.presets]
+            etable.append([f"default design vs {name} (SGMN − {spec.label})", *cells])
     scratch = [paired_effect(rows, p, FULL.label, SCRATCH.label, cfg.n_boot) if SCRATCH.label in models else None
                for p in cfg.presets]
     if any(scratch):

@@ -97,6 +97,8 @@ def weight_changes(model, init_name: str, seed: int) -> dict:
             out[name] = float((trained[name].float() - before).norm() / before.norm().clamp(min=1e-12))
     if "tga.mix_logit" in trained:
         out["tga.mix (alpha)"] = float(torch.sigmoid(trained["tga.mix_logit"]))
+    if "tga.strength" in trained:  # tga_mode = "attention_bias"
+        out["tga.strength (beta)"] = float(trained["tga.strength"])
     if "tga.gate" in trained:  # the first TGA design
         out["tga.gate mean |g|"] = float(trained["tga.gate"].abs().mean())
     if "fusion.gate" in trained:

@@ -32,8 +32,18 @@ def _variant(name: str):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("name", list_models())
 def test_every_variant_trains_under_cpu_autocast(name, precision):
+    _train_three_steps(_variant(name), name, precision)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("tga_mode", ["attention_bias", "mix"])
+def test_both_tga_modes_train_under_cpu_autocast(tga_mode, precision):
+    model = tiny("sgmn-tiny", **{**EVERYTHING_ON, "text.dim": 384, "tga_mode": tga_mode})
+    _train_three_steps(model, f"sgmn-tiny/{tga_mode}", precision)
+
+
+def _train_three_steps(model, name, precision):
     dtype = DTYPES[precision]
-    model = _variant(name)
     model.train()
     seen = set()
     model.backbone.proj.register_forward_hook(lambda m, args, out: seen.add(out.dtype))
@@ -95,3 +105,20 @@ def test_the_cuda_path_for_padded_frames_equals_selecting_real_frames():
     assert torch.all(computed[~batch["frame_mask"]] == 0)
     torch.testing.assert_close(computed, selected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(g_computed, g_selected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_cuda_path_with_a_text_guide_equals_selecting_real_frames():
+    from sgmn.model.sgmn import run_backbone_on_real_frames
+
+    model = tiny(**{"vision.layers": 2, "tga_mode": "attention_bias"})
+    batch = make_batch(B=4)
+    patch_mask = batch["patch_mask"].clone()
+    patch_mask[1, 3] = False
+    query = model.tga.text_query(model.fc_asr(batch["asr_vec"]))
+    has_text = torch.tensor([True, False, True, True])
+    outs = [run_backbone_on_real_frames(model.backbone, batch["frames"], batch["frame_mask"], patch_mask,
+                                        compute_padding=c, guide=(model.tga, query, has_text)) for c in (False, True)]
+    (tok_s, map_s), (tok_c, map_c) = outs
+    assert torch.all(map_c[~batch["frame_mask"]] == 0) and torch.all(map_c[1] == 0)
+    torch.testing.assert_close(tok_c, tok_s, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(map_c, map_s, rtol=1e-5, atol=1e-6)

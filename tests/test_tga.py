@@ -119,3 +119,115 @@ def test_attention_grid_reshapes_square_maps():
     grid = attention_grid(attn)
     assert grid.shape == (2, 3, 3)
     assert grid[1, 2, 0] == attn[1, 6]
+
+
+# ---- tga_mode = "attention_bias": the text biases where the last layer's CLS looks ----------------
+from sgmn.model.registry import create_model  # noqa: E402
+from sgmn.model.tga import TextGuidedCLSBias  # noqa: E402
+
+
+def _bias_models():
+    torch.manual_seed(0)
+    guided = create_model("sgmn-tiny", tga_mode="attention_bias")
+    plain = create_model("sgmn-tiny", use_tga=False)
+    missing, unexpected = plain.load_state_dict(
+        {k: v for k, v in guided.state_dict().items() if not k.startswith("tga.")}, strict=False)
+    assert not missing and not unexpected
+    return guided.eval(), plain.eval()
+
+
+def _clip_inputs(model, B=3, T=4, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    S = model.config.vision.image_size
+    frames = torch.randn(B, T, 3, S, S, generator=g)
+    frame_mask = torch.ones(B, T, dtype=torch.bool)
+    frame_mask[1, 2:] = False
+    asr = torch.randn(B, model.config.text.dim, generator=g)
+    return frames, frame_mask, asr
+
+
+def test_bias_map_sums_to_one_over_kept_patches_and_is_zero_without_text():
+    torch.manual_seed(0)
+    guide = TextGuidedCLSBias(width=24, dim=16)
+    hidden, query = torch.randn(4, 10, 24), torch.randn(4, 16)
+    keep = torch.rand(4, 9) > 0.4
+    keep[:, 0] = True
+    valid = torch.tensor([True, True, False, True])
+    bias, attn = guide(hidden, query, valid, keep)
+    torch.testing.assert_close(attn.sum(-1), valid.float())
+    assert torch.all(attn[~keep] == 0) and torch.all(bias[~keep] == 0)
+    assert torch.all(bias[2] == 0) and torch.all(attn[2] == 0)
+    # the bias is beta * log(P_kept * map): 0 on average in log space, positive where the map peaks
+    torch.testing.assert_close(bias[0][keep[0]], guide.strength * (attn[0][keep[0]] * keep[0].sum()).log())
+
+
+def test_bias_changes_only_the_cls_token_and_zero_bias_changes_nothing():
+    torch.manual_seed(0)
+    model = create_model("sgmn-tiny")
+    backbone = model.backbone.eval()
+    S, N = backbone.config.image_size, backbone.config.num_tokens
+    pixels = torch.randn(2, 3, S, S)
+    plain = backbone(pixels)
+    with torch.no_grad():
+        zero, _ = backbone(pixels, None, lambda h: (torch.zeros(2, N - 1), torch.zeros(2, N - 1)))
+        bias = torch.zeros(2, N - 1)
+        bias[:, 3] = 8.0
+        steered, _ = backbone(pixels, None, lambda h: (bias, torch.zeros(2, N - 1)))
+    torch.testing.assert_close(zero, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(steered[:, 1:], plain[:, 1:], atol=1e-5, rtol=1e-5)  # patch tokens untouched
+    assert (steered[:, 0] - plain[:, 0]).abs().max() > 1e-2  # the CLS moved
+
+
+def test_bias_does_not_unmask_a_masked_patch():
+    torch.manual_seed(0)
+    backbone = create_model("sgmn-tiny").backbone.eval()
+    S, N = backbone.config.image_size, backbone.config.num_tokens
+    pixels = torch.randn(1, 3, S, S)
+    keep = torch.ones(1, N, dtype=torch.bool)
+    keep[0, 5] = False
+    bias = torch.zeros(1, N - 1)
+    bias[0, 4] = 50.0  # a huge bias on the masked patch (token 5 = patch 4)
+    other = pixels.clone()
+    p = backbone.config.patch_size
+    g = S // p
+    r, c = divmod(4, g)
+    other[..., r * p:(r + 1) * p, c * p:(c + 1) * p] += 10.0  # change only that patch's pixels
+    with torch.no_grad():
+        a, _ = backbone(pixels, keep, lambda h: (bias, torch.zeros(1, N - 1)))
+        b, _ = backbone(other, keep, lambda h: (bias, torch.zeros(1, N - 1)))
+    torch.testing.assert_close(a[0, 0], b[0, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_bias_mode_without_text_equals_the_model_without_tga_and_moves_v_with_text():
+    guided, plain = _bias_models()
+    frames, frame_mask, asr = _clip_inputs(guided)
+    asr_mask = torch.tensor([True, True, False])
+    with torch.no_grad():
+        out = guided._encode_clip_tensors(frames, frame_mask, None, asr, asr_mask)
+        ref = plain._encode_clip_tensors(frames, frame_mask, None, asr, asr_mask)
+        guided.tga.strength.fill_(3.0)
+        strong = guided._encode_clip_tensors(frames, frame_mask, None, asr, asr_mask)
+    torch.testing.assert_close(out["v"][2], ref["v"][2])  # no ASR: exactly the unguided clip
+    torch.testing.assert_close(strong["v"][2], ref["v"][2])
+    assert (strong["v"][0] - ref["v"][0]).abs().max() > 1e-3  # with ASR the guide moves v
+    attn = out["attention"]
+    assert attn.shape == (3, 4, guided.config.vision.num_tokens - 1)
+    torch.testing.assert_close(attn.sum(-1), (frame_mask & asr_mask[:, None]).float())  # padding: zeros
+
+
+def test_bias_mode_every_guide_parameter_gets_gradient_and_saves_and_loads(tmp_path):
+    guided, _ = _bias_models()
+    guided.train()
+    frames, frame_mask, asr = _clip_inputs(guided)
+    out = guided._encode_clip_tensors(frames, frame_mask, None, asr, torch.ones(3, dtype=torch.bool))
+    (out["v"].sum() + out["attention"].pow(2).sum()).backward()
+    for name, param in guided.tga.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    guided.save_pretrained(tmp_path / "m")
+    loaded = type(guided).from_pretrained(tmp_path / "m").eval()
+    guided.eval()
+    with torch.no_grad():
+        a = guided._encode_clip_tensors(frames, frame_mask, None, asr, torch.ones(3, dtype=torch.bool))["v"]
+        b = loaded._encode_clip_tensors(frames, frame_mask, None, asr, torch.ones(3, dtype=torch.bool))["v"]
+    torch.testing.assert_close(a, b)
+    assert loaded.config.tga_mode == "attention_bias"

@@ -14,6 +14,7 @@ _LAZY = {
     "ClipEmbeddings": "sgmn.model.base",
     "ProductEmbeddings": "sgmn.model.base",
     "TextGuidedAttention": "sgmn.model.tga",
+    "TextGuidedCLSBias": "sgmn.model.tga",
 }
 
 

@@ -113,11 +113,30 @@ class VisionBackbone(nn.Module):
         # SDPA takes a boolean mask (True = attend), which stays valid under autocast dtypes
         return keys
 
-    def forward(self, pixels: torch.Tensor, keep_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _cls_biased_mask(self, keep_mask: Optional[torch.Tensor], bias: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Additive (M, 1, N, N) mask: the key mask, plus ``bias`` (M, N-1) on the CLS query's patch keys."""
+        m, n = hidden.shape[:2]
+        additive = hidden.new_zeros(m, 1, n, n, dtype=torch.float32)
+        additive[:, 0, 0, 1:] = bias.float()
+        if keep_mask is not None:
+            keys = keep_mask.to(device=hidden.device, dtype=torch.bool)[:, None, None, :].expand(m, 1, n, n)
+            additive = additive.masked_fill(~keys, torch.finfo(torch.float32).min)
+        # SDPA wants the mask in the query's dtype (the autocast dtype inside the attention)
+        dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else hidden.dtype
+        return additive.clamp(min=torch.finfo(dtype).min).to(dtype)
+
+    def forward(
+        self, pixels: torch.Tensor, keep_mask: Optional[torch.Tensor] = None, guide: Optional[Any] = None
+    ) -> torch.Tensor:
         """pixels (M, 3, S, S) CLIP-normalised; keep_mask (M, N) bool, True = visible token.
 
         Returns (M, N, embed_dim): post-LN + proj of every token; token 0 is the image feature.
         A masked patch is never a key, so it cannot influence any kept token in any layer.
+
+        ``guide`` (text-guided attention as a bias, :class:`sgmn.model.tga.TextGuidedCLSBias`):
+        a callable taking the (M, N, width) tokens that enter the last layer and returning
+        (bias (M, N-1), map (M, N-1)); the bias is added to the last layer's CLS-query scores of
+        the patch keys. Then ``(tokens, map)`` is returned.
         """
         tower = self.vision_model
         hidden = tower.embeddings(pixels)
@@ -127,14 +146,20 @@ class VisionBackbone(nn.Module):
         if keep_mask is not None and (keep_mask.is_cuda or not bool(keep_mask.all())):
             mask = self._attention_mask(keep_mask, hidden)
         checkpointing = self.activation_checkpointing and torch.is_grad_enabled() and self.training
-        for layer in tower.encoder.layers:
+        layers = tower.encoder.layers
+        guide_map = None
+        for i, layer in enumerate(layers):
+            if guide is not None and i == len(layers) - 1:
+                bias, guide_map = guide(hidden)
+                mask = self._cls_biased_mask(keep_mask, bias, hidden)
             if checkpointing:
                 out = torch.utils.checkpoint.checkpoint(layer, hidden, mask, use_reentrant=False, **self._layer_kwargs)
             else:
                 out = layer(hidden, mask, **self._layer_kwargs)
             hidden = out[0] if isinstance(out, tuple) else out
         hidden = tower.post_layernorm(hidden)
-        return self.proj(hidden)
+        tokens = self.proj(hidden)
+        return tokens if guide is None else (tokens, guide_map)
 
     # ---- pretrained weights -----------------------------------------------------------------
 

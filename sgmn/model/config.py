@@ -83,6 +83,12 @@ class SGMNConfig:
     use_smf: bool = True  # hard-example mining + selective fusion + cross encoder (training only)
     use_text: bool = True  # ASR/title branch (text term of the score and L_txt)
     tga_on_products: bool = False  # also apply TGA to shop images with the title as query
+    # How the text's map over patches enters the frame feature. "attention_bias": it biases where
+    # the CLS query of the backbone's last layer looks (the feature stays the backbone's CLS);
+    # "mix": (1 - alpha) CLS + alpha * map-weighted patch summary (this project's first design).
+    tga_mode: Literal["attention_bias", "mix"] = "attention_bias"
+    tga_mix_init: float = 0.5  # "mix": initial share alpha of the summary in a frame feature
+    tga_bias_init: float = 1.0  # "attention_bias": initial strength beta of the bias beta * log(P * map)
     # Detector-assisted mode: patches outside the product's box are masked out of the backbone,
     # in training AND for queries that have boxes (evaluation). Off by default: a real query has
     # no box, so training must see the same unmasked frames (boxes then only feed losses.box).

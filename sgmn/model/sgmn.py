@@ -32,7 +32,7 @@ from sgmn.model.base import ClipEmbeddings, ProductEmbeddings, RetrievalModel, l
 from sgmn.model.config import SGMNConfig
 from sgmn.model.losses import bidirectional_triplet, symmetric_infonce
 from sgmn.model.temporal import TemporalDifferenceBlock
-from sgmn.model.tga import TextGuidedAttention
+from sgmn.model.tga import TextGuidedAttention, TextGuidedCLSBias
 from sgmn.distributed import all_gather_no_grad, all_gather_with_grad, shard_rows, sum_of_shards
 
 
@@ -43,33 +43,63 @@ def run_backbone_on_real_frames(
     patch_mask: Optional[torch.Tensor],
     include_padding: bool = False,
     compute_padding: Optional[bool] = None,
-) -> torch.Tensor:
+    guide: Optional[tuple[nn.Module, torch.Tensor, torch.Tensor]] = None,
+):
     """(B,T,3,S,S) frames -> (B,T,N,d) tokens; padded frames are not computed and stay exactly 0.
 
     Skipping padding saves backbone time and guarantees padded pixels cannot reach the output.
     ``include_padding`` runs the backbone on every frame, as the published code does: with its
     TDB masking (``temporal_published_mask``) the first padded frame's feature reaches the clip
     embedding, so reproducing an imported checkpoint's scores needs it.
+
+    ``guide`` = (TextGuidedCLSBias, query (B, d), has_text (B,)): the text steers the last layer's
+    CLS in every frame of its clip; then ``(tokens, map (B,T,N-1))`` is returned (padding: zeros).
     """
     B, T = frames.shape[:2]
-    if include_padding:
-        keep = patch_mask.flatten(0, 1) if patch_mask is not None else None
-        return backbone(frames.flatten(0, 1), keep).reshape(B, T, *backbone_token_shape(backbone))
-    if frames.is_cuda if compute_padding is None else compute_padding:
-        # Selecting the real frames needs their count on the host (a sync that stalls the GPU
-        # queue, and a dynamic shape for torch.compile): on CUDA (the default) every frame is
-        # computed and the padding zeroed. Same result.
-        keep = patch_mask.flatten(0, 1) if patch_mask is not None else None
-        if keep is not None:
-            keep = keep | ~frame_mask.flatten(0, 1)[:, None]  # a padded frame's mask may be empty
-        tokens = backbone(frames.flatten(0, 1), keep).reshape(B, T, *backbone_token_shape(backbone))
-        return torch.where(frame_mask[:, :, None, None], tokens, tokens.new_zeros(()))
-    real = frames[frame_mask]
-    keep = patch_mask[frame_mask] if patch_mask is not None else None
-    tokens_real = backbone(real, keep)
-    tokens = tokens_real.new_zeros(B, T, *tokens_real.shape[1:])
-    tokens[frame_mask] = tokens_real
-    return tokens
+    frame_guide = None
+    if guide is not None:
+        module, query, has_text = guide
+        frame_query = query[:, None].expand(B, T, query.shape[-1])
+        frame_has_text = has_text.bool()[:, None].expand(B, T)
+
+        def frame_guide(select):  # the guide for the frames picked by ``select`` (B,T -> M)
+            q, valid = select(frame_query), select(frame_has_text)
+            keep = select(patch_mask)[:, 1:] if patch_mask is not None else None
+            return lambda hidden: module(hidden, q, valid, keep)
+
+    def finish(out, place):  # tokens (and map) of the computed frames -> (B, T, ...) tensors
+        if guide is None:
+            return place(out)
+        tokens, attn = out
+        return place(tokens), place(attn)
+
+    flat = lambda x: x.flatten(0, 1)  # noqa: E731
+    if include_padding or (frames.is_cuda if compute_padding is None else compute_padding):
+        # include_padding: as published. Otherwise on CUDA (the default) every frame is computed
+        # and the padding zeroed: selecting the real frames needs their count on the host (a sync
+        # that stalls the GPU queue, and a dynamic shape for torch.compile). Same result.
+        keep = flat(patch_mask) if patch_mask is not None else None
+        if keep is not None and not include_padding:
+            keep = keep | ~flat(frame_mask)[:, None]  # a padded frame's mask may be empty
+        out = backbone(flat(frames), keep, frame_guide(flat)) if guide is not None else backbone(flat(frames), keep)
+
+        def place(x):
+            x = x.reshape(B, T, *x.shape[1:])
+            if include_padding:
+                return x
+            return torch.where(frame_mask.view(B, T, *([1] * (x.dim() - 2))), x, x.new_zeros(()))
+
+        return finish(out, place)
+    pick = lambda x: x[frame_mask]  # noqa: E731
+    keep = pick(patch_mask) if patch_mask is not None else None
+    out = backbone(pick(frames), keep, frame_guide(pick)) if guide is not None else backbone(pick(frames), keep)
+
+    def place(x):
+        full = x.new_zeros(B, T, *x.shape[1:])
+        full[frame_mask] = x
+        return full
+
+    return finish(out, place)
 
 
 def backbone_token_shape(backbone: nn.Module) -> tuple[int, int]:
@@ -113,10 +143,15 @@ class SGMN(RetrievalModel):
         else:
             self.fc_asr = self.fc_title = None
         # TGA needs a text query, so it only exists together with the text branch.
-        self.tga = TextGuidedAttention(d) if (config.use_tga and config.use_text) else None
-        self.tga_product = (
-            TextGuidedAttention(d) if (config.tga_on_products and config.use_text) else None
-        )
+        def make_tga():
+            if config.tga_mode == "attention_bias":
+                return TextGuidedCLSBias(config.vision.width, d, config.tga_bias_init)
+            if config.tga_mode == "mix":
+                return TextGuidedAttention(d, config.tga_mix_init)
+            raise ValueError(f"unknown tga_mode {config.tga_mode!r} (expected 'attention_bias' or 'mix')")
+
+        self.tga = make_tga() if (config.use_tga and config.use_text) else None
+        self.tga_product = make_tga() if (config.tga_on_products and config.use_text) else None
         self.graph = None
         if config.use_gci:
             from sgmn.model.graph import CrossDomainGraph
@@ -139,17 +174,21 @@ class SGMN(RetrievalModel):
 
     # ---- the two encoders (shared by training and inference) ---------------------------------
     def _encode_clip_tensors(self, frames, frame_mask, patch_mask, asr_vec, asr_mask) -> dict[str, Any]:
-        tokens = run_backbone_on_real_frames(
-            self.backbone, frames, frame_mask, patch_mask, include_padding=self.config.temporal_published_mask
-        )
-        cls = tokens[:, :, 0]
         a_raw = a = attention = None
         if self.config.use_text:
             a_raw = self.fc_asr(asr_vec)
             a = l2n(a_raw) * asr_mask.unsqueeze(-1).to(a_raw.dtype)
-        if self.tga is not None:
+        biased = isinstance(self.tga, TextGuidedCLSBias)
+        out = run_backbone_on_real_frames(
+            self.backbone, frames, frame_mask, patch_mask, include_padding=self.config.temporal_published_mask,
+            guide=(self.tga, self.tga.text_query(a_raw), asr_mask) if biased else None,
+        )
+        tokens, attention = out if biased else (out, None)
+        cls = tokens[:, :, 0]
+        if self.tga is not None and not biased:
             pm = patch_mask[:, :, 1:] if patch_mask is not None else None
             cls, attention = self.tga(cls, tokens[:, :, 1:], a_raw, pm, asr_mask)
+        if attention is not None:
             attention = attention * frame_mask.unsqueeze(-1).to(attention.dtype)
         frame_feats = self.temporal(cls, frame_mask) if self.temporal is not None else cls
         v = l2n(masked_mean(l2n(frame_feats), frame_mask))
@@ -164,13 +203,17 @@ class SGMN(RetrievalModel):
         }
 
     def _encode_product_tensors(self, pixels, title_vec, title_mask) -> dict[str, Any]:
-        tokens = self.backbone(pixels, None)
-        cls = tokens[:, 0]
         t_raw = t = attention = None
         if self.config.use_text:
             t_raw = self.fc_title(title_vec)
             t = l2n(t_raw) * title_mask.unsqueeze(-1).to(t_raw.dtype)
-        if self.tga_product is not None:
+        if isinstance(self.tga_product, TextGuidedCLSBias):
+            query = self.tga_product.text_query(t_raw)
+            tokens, attention = self.backbone(pixels, None, lambda hidden: self.tga_product(hidden, query, title_mask))
+        else:
+            tokens = self.backbone(pixels, None)
+        cls = tokens[:, 0]
+        if self.tga_product is not None and attention is None:
             new_cls, attention = self.tga_product(cls[:, None], tokens[:, None, 1:], t_raw, None, title_mask)
             cls, attention = new_cls[:, 0], attention[:, 0]
         p = l2n(cls)

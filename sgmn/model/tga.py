@@ -127,3 +127,71 @@ def attention_grid(attn: torch.Tensor) -> torch.Tensor:
     if g * g != P:
         raise ValueError(f"attention over {P} patches is not a square grid")
     return attn.reshape(*attn.shape[:-1], g, g)
+
+
+class TextGuidedCLSBias(nn.Module):
+    """TGA as an attention bias: the text's map over patches steers where CLS looks in the
+    backbone's last layer (``SGMNConfig.tga_mode = "attention_bias"``).
+
+    The map is computed as in :class:`TextGuidedAttention`, from the tokens that enter the last
+    layer: a query from the text scores the patch tokens, a softmax over the kept patches gives
+    the map. The last layer's CLS query then gets an additive bias ``beta * log(P_kept * map)``
+    on its patch keys: 0 for a uniform map, positive on the patches the text picks, negative
+    elsewhere; ``beta`` (learned, 1 at start) sets how strongly. The frame feature is still the
+    backbone's own CLS, in the same space as a shop image's CLS, but pooled from where the text
+    points. (A convex mix of CLS and a patch summary put half of each frame feature in the patch
+    tokens' space, which a pretrained backbone fine-tuned at a small learning rate never
+    aligned with the shop images' CLS: it cost R@1, see docs/model.md.)
+
+    Conventions as :class:`TextGuidedAttention`: a sample without text gets bias 0 (the CLS is
+    exactly the unguided one) and an all-zero map; masked patches get map weight exactly 0.
+    """
+
+    def __init__(self, width: int, dim: int, strength_init: float = 1.0, ln_eps: float = 1e-5):
+        super().__init__()
+        self.dim = dim
+        self.norm_text = nn.LayerNorm(dim, eps=ln_eps)
+        self.norm_patch = nn.LayerNorm(width, eps=ln_eps)
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(width, dim)
+        self.strength = nn.Parameter(torch.tensor(float(strength_init)))
+        self.scale = dim**-0.5
+
+    def text_query(self, text: torch.Tensor) -> torch.Tensor:
+        """(B, d) text embedding -> (B, d) query (computed once per clip, shared by its frames)."""
+        return self.query(self.norm_text(text))
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        query: torch.Tensor,
+        valid: torch.Tensor,
+        patch_mask: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bias and map for one batch of images.
+
+        Args:
+            hidden: (M, N, width) tokens entering the last layer (CLS first).
+            query: (M, d) text query per image (:meth:`text_query`).
+            valid: (M,) bool, True = the image's sample has text.
+            patch_mask: (M, P) bool, True = patch kept; None = all kept.
+
+        Returns:
+            bias (M, P) for the CLS query's patch keys (0 where ``valid`` is False) and the map
+            (M, P): rows sum to 1 over kept patches where valid, all zeros otherwise.
+        """
+        M, N, _ = hidden.shape
+        P = N - 1
+        if patch_mask is None:
+            patch_mask = torch.ones(M, P, dtype=torch.bool, device=hidden.device)
+        k = self.key(self.norm_patch(hidden[:, 1:]))
+        logits = torch.einsum("md,mpd->mp", query.to(k.dtype), k).float() * self.scale
+        has_patch = patch_mask.any(dim=-1, keepdim=True)
+        safe_mask = patch_mask | ~has_patch
+        log_map = torch.log_softmax(logits.masked_fill(~safe_mask, float("-inf")), dim=-1)
+        use = valid.view(M, 1) & has_patch & patch_mask
+        kept = patch_mask.sum(-1, keepdim=True).clamp(min=1).float()
+        # masked patches are -inf in log_map; they are zeroed here (the key mask blocks them anyway)
+        bias = torch.where(use, self.strength * (log_map + kept.log()), 0.0)
+        attn = torch.where(use, log_map.exp(), 0.0)
+        return bias, attn
