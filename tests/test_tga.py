@@ -231,3 +231,20 @@ def test_bias_mode_every_guide_parameter_gets_gradient_and_saves_and_loads(tmp_p
         b = loaded._encode_clip_tensors(frames, frame_mask, None, asr, torch.ones(3, dtype=torch.bool))["v"]
     torch.testing.assert_close(a, b)
     assert loaded.config.tga_mode == "attention_bias"
+
+
+def test_bias_gradients_stay_finite_with_masked_patches_and_missing_text():
+    # strength * log(map) is -inf on a masked patch: dropping it after the product would still
+    # send 0 * inf = NaN into strength's gradient (caught by the DDP test with detector boxes)
+    torch.manual_seed(0)
+    guide = TextGuidedCLSBias(width=24, dim=16)
+    hidden, query = torch.randn(4, 10, 24, requires_grad=True), guide.text_query(torch.randn(4, 16))
+    keep = torch.rand(4, 9) > 0.4
+    keep[:, 0] = True
+    keep[3] = False  # a frame with no kept patch
+    bias, attn = guide(hidden, query, torch.tensor([True, False, True, True]), keep)
+    (bias.sum() + attn.pow(2).sum()).backward()
+    for name, param in guide.named_parameters():
+        assert torch.isfinite(param.grad).all(), name
+    assert torch.isfinite(hidden.grad).all()
+    assert guide.strength.grad.abs() > 0

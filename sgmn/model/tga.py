@@ -191,7 +191,10 @@ class TextGuidedCLSBias(nn.Module):
         log_map = torch.log_softmax(logits.masked_fill(~safe_mask, float("-inf")), dim=-1)
         use = valid.view(M, 1) & has_patch & patch_mask
         kept = patch_mask.sum(-1, keepdim=True).clamp(min=1).float()
-        # masked patches are -inf in log_map; they are zeroed here (the key mask blocks them anyway)
+        # Masked patches are -inf in log_map: replaced by 0 BEFORE any arithmetic, since a where()
+        # that drops strength * -inf afterwards still back-propagates 0 * inf = NaN into strength
+        # (the key mask blocks those patches anyway).
+        log_map = log_map.masked_fill(~use, 0.0)
         bias = torch.where(use, self.strength * (log_map + kept.log()), 0.0)
         attn = torch.where(use, log_map.exp(), 0.0)
         return bias, attn
