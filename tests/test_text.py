@@ -342,8 +342,8 @@ def _tiny_sentence_folder(path, max_seq_length=12, pooling="mean"):
              "##s", "a", "b", "##ed", "cafe", ",", ".", "中", "!"]
     path.mkdir(parents=True)
     BertWordPieceTokenizer({w: i for i, w in enumerate(words)}, lowercase=True).save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True,
-                                                            "pad_token": "[PAD]", "model_max_length": 512}))
+    (path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "pad_token": "[PAD]", "model_max_length": 512}))
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
                                      intermediate_size=32, max_position_embeddings=64)

@@ -40,7 +40,8 @@ class Embeddings(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         m, _, height, width = pixels.shape
         if height != self.image_size or width != self.image_size:
-            raise ValueError(f"Input image size ({height}*{width}) doesn't match model ({self.image_size}*{self.image_size}).")
+            raise ValueError(f"input image size ({height}*{width}) doesn't match the model "
+                             f"({self.image_size}*{self.image_size})")
         patches = self.patch_embedding(pixels.to(dtype=self.patch_embedding.weight.dtype))  # (M, width, g, g)
         patches = patches.flatten(2).transpose(1, 2)
         tokens = torch.cat([self.class_embedding.expand(m, 1, -1), patches], dim=1)
