@@ -366,7 +366,9 @@ def test_plain_torch_bert_equals_transformers_on_a_tiny_model(tmp_path, pooling)
     from sgmn.text.encoders import _PooledSentenceModel
 
     folder = _tiny_sentence_folder(tmp_path / "st", pooling=pooling)
+    rng = torch.random.get_rng_state()
     ours = _PooledSentenceModel(folder, "cpu")
+    assert torch.equal(torch.random.get_rng_state(), rng)  # loading draws no random numbers
     reference = _PooledSentenceModel(folder, "cpu", backend="transformers")
     assert ours.backend == "torch"
     ids, expected = ours._tokenize(TEXTS), reference._tokenize(TEXTS)
