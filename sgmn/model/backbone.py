@@ -96,14 +96,13 @@ class VisionBackbone(nn.Module):
             raise ValueError(f"unknown vision kind {vision.kind!r} (expected 'clip' or 'chinese-clip')")
         self.config = vision
         self.embed_dim = embed_dim
-        # Our module's own default init must not move the seeded random stream: the draws that
-        # matter are transformers' (below), taken in the same order as before.
-        with torch.random.fork_rng(devices=[]):
-            self.vision_model = VisionTransformer(
-                width=vision.width, layers=vision.layers, heads=vision.heads,
-                mlp_hidden=int(vision.width * vision.mlp_ratio), image_size=vision.image_size,
-                patch_size=vision.patch_size, eps=vision.layer_norm_eps,
-            )
+        # Built without random init (no draws: the seeded stream sees only transformers' draws
+        # below, in the same order as before); always filled, here or by the saved weights.
+        self.vision_model = VisionTransformer(
+            width=vision.width, layers=vision.layers, heads=vision.heads,
+            mlp_hidden=int(vision.width * vision.mlp_ratio), image_size=vision.image_size,
+            patch_size=vision.patch_size, eps=vision.layer_norm_eps,
+        )
         if not _SAVED_WEIGHTS_FOLLOW.get():
             self._init_like_transformers()
         self.proj = nn.Linear(vision.width, embed_dim, bias=False)

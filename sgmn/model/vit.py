@@ -9,6 +9,11 @@ transformers' CLIP), and its parameters carry transformers' names (``embeddings.
 transformers' CLIP and Chinese-CLIP vision models.
 
 The attention mask is boolean, (M, 1, N, N) or anything broadcastable, True = may attend.
+
+The module is built WITHOUT random init (its tensors hold whatever memory held): it is only ever
+built to be filled, by :class:`sgmn.model.backbone.VisionBackbone`, with transformers' initial
+weights (a fresh model) or with saved weights (checked complete when loaded). Drawing a default
+init only to overwrite it cost ~1 s per query for a ViT-B/32.
 """
 
 from __future__ import annotations
@@ -18,6 +23,21 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class Linear(nn.Linear):
+    def reset_parameters(self) -> None:  # filled by the caller (see the module docstring)
+        pass
+
+
+class Conv2d(nn.Conv2d):
+    def reset_parameters(self) -> None:
+        pass
+
+
+class Embedding(nn.Embedding):
+    def reset_parameters(self) -> None:
+        pass
 
 
 class QuickGELU(nn.Module):
@@ -33,9 +53,9 @@ class Embeddings(nn.Module):
     def __init__(self, width: int, image_size: int, patch_size: int):
         super().__init__()
         self.image_size = image_size
-        self.class_embedding = nn.Parameter(torch.randn(width))
-        self.patch_embedding = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
-        self.position_embedding = nn.Embedding((image_size // patch_size) ** 2 + 1, width)
+        self.class_embedding = nn.Parameter(torch.empty(width))
+        self.patch_embedding = Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.position_embedding = Embedding((image_size // patch_size) ** 2 + 1, width)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         m, _, height, width = pixels.shape
@@ -55,10 +75,10 @@ class Attention(nn.Module):
             raise ValueError(f"width {width} is not a multiple of heads {heads}")
         self.head_dim = width // heads
         self.scale = self.head_dim**-0.5
-        self.k_proj = nn.Linear(width, width)
-        self.v_proj = nn.Linear(width, width)
-        self.q_proj = nn.Linear(width, width)
-        self.out_proj = nn.Linear(width, width)
+        self.k_proj = Linear(width, width)
+        self.v_proj = Linear(width, width)
+        self.q_proj = Linear(width, width)
+        self.out_proj = Linear(width, width)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         shape = (*x.shape[:-1], -1, self.head_dim)  # (M, N, heads, head_dim)
@@ -73,9 +93,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, width: int, hidden: int):
         super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
+        self.fc1 = Linear(width, hidden)
         self.activation_fn = QuickGELU()
-        self.fc2 = nn.Linear(hidden, width)
+        self.fc2 = Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.activation_fn(self.fc1(x)))
