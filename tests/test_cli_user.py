@@ -261,6 +261,57 @@ def test_query_latency_benchmark_smoke_and_no_progress_bars(tmp_path, capsys):
         assert phase in out
 
 
+HEAVY_MODULES = ("transformers", "sentence_transformers", "sklearn", "scipy", "sympy")
+
+
+def test_query_imports_no_heavy_library(store_with_siblings):
+    """`sgmn query` runs the CLIP tower and MiniLM in plain torch (sgmn/model/vit.py,
+    sgmn/text/bert.py): importing transformers' modeling code alone cost ~3 s per query."""
+    store, clip, _ = store_with_siblings
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "sgmn.cli", "query", "--store", str(store),
+                           "--room", "room", "--clip", str(clip), "--asr", "t-shirt", "--top-k", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "rank" in done.stdout and "-X importtime" not in done.stdout
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" in imported and "tokenizers" in imported  # the parse works
+    assert not {m for m in imported if m.split(".")[0] in HEAVY_MODULES}
+
+
+def test_query_answers_exactly_as_the_transformers_models(store_with_siblings, monkeypatch):
+    """The same query through the regular models (transformers' CLIPVisionModel with the same
+    weights for the frames, transformers' tokenizer + BertModel for the ASR) ranks the same
+    products with the same scores."""
+    import transformers
+
+    from sgmn.model.backbone import _hf_vision_config, _innermost_vision
+    from sgmn.retrieval import Retriever
+    from sgmn.text import encoders
+
+    store, clip, _ = store_with_siblings
+    with Retriever.open(store) as r:
+        fast = r.query("room", clip, asr="organic t-shirt, size XL", top_k=4)
+        assert r.model.text_encoder.model.backend == "torch"
+    monkeypatch.setattr(encoders, "_load_sentence_model",
+                        lambda path, device: encoders._PooledSentenceModel(Path(path), device, backend="transformers"))
+    with Retriever.open(store) as r:
+        backbone = r.model.backbone
+        hf = transformers.CLIPVisionModel(_hf_vision_config(backbone.config)).eval()
+        tower = _innermost_vision(hf)
+        tower.load_state_dict(backbone.vision_model.state_dict())
+
+        def transformers_forward(pixels, keep_mask=None):
+            assert keep_mask is None or bool(keep_mask.all())
+            return backbone.proj(tower.post_layernorm(hf(pixel_values=pixels).last_hidden_state))
+
+        monkeypatch.setattr(backbone, "forward", transformers_forward)
+        regular = r.query("room", clip, asr="organic t-shirt, size XL", top_k=4)
+        assert r.model.text_encoder.model.backend == "transformers"
+    assert [h.product_id for h in fast.hits] == [h.product_id for h in regular.hits]
+    assert [h.score for h in fast.hits] == pytest.approx([h.score for h in regular.hits], abs=1e-6, rel=0)
+    assert len({round(h.score, 6) for h in fast.hits}) > 1  # a real ranking, not ties
+
+
 def test_index_shows_progress_per_product(tmp_path, checkpoint):
     shop = tmp_path / "shop"
     shop.mkdir()

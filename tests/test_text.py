@@ -327,3 +327,98 @@ def test_minilm_vectors_equal_sentence_transformers_without_importing_it():
             "print('sentence_transformers' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
+
+
+# ---- MiniLM without transformers (sgmn/text/bert.py) ---------------------------------------------
+TEXTS = ["Red silks CAFÉ, 中文 dressed!", "the striped mug", "a b a b a b a b a b a b a b a b a b", "mug", "?? unknown"]
+
+
+def _tiny_sentence_folder(path, max_seq_length=12, pooling="mean"):
+    """A sentence-transformers folder (BERT -> pooling -> Normalize) with random weights."""
+    import transformers
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "silk", "dress", "mug", "the", "striped",
+             "##s", "a", "b", "##ed", "cafe", ",", ".", "中", "!"]
+    path.mkdir(parents=True)
+    BertWordPieceTokenizer({w: i for i, w in enumerate(words)}, lowercase=True).save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "pad_token": "[PAD]", "model_max_length": 512}))
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=32, max_position_embeddings=64)
+    transformers.BertModel(config).save_pretrained(path, safe_serialization=True)
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 16, "pooling_mode_mean_tokens": pooling == "mean",
+         "pooling_mode_cls_token": pooling == "cls"}))
+    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length}))
+    (path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    return path
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_plain_torch_bert_equals_transformers_on_a_tiny_model(tmp_path, pooling):
+    """Token ids (truncated at max_seq_length, padded to the longest) and vectors are transformers'."""
+    from sgmn.text.encoders import _PooledSentenceModel
+
+    folder = _tiny_sentence_folder(tmp_path / "st", pooling=pooling)
+    rng = torch.random.get_rng_state()
+    ours = _PooledSentenceModel(folder, "cpu")
+    assert torch.equal(torch.random.get_rng_state(), rng)  # loading draws no random numbers
+    reference = _PooledSentenceModel(folder, "cpu", backend="transformers")
+    assert ours.backend == "torch"
+    ids, expected = ours._tokenize(TEXTS), reference._tokenize(TEXTS)
+    assert ids.keys() == {"input_ids", "token_type_ids", "attention_mask"} and ids["input_ids"].shape == (5, 12)
+    for key in ids:
+        assert torch.equal(ids[key], expected[key]), key
+    assert not ids["attention_mask"].all()  # padding was exercised
+    vectors = ours.encode(TEXTS, batch_size=2)
+    np.testing.assert_allclose(vectors, reference.encode(TEXTS, batch_size=2), atol=1e-6, rtol=0)
+    with torch.no_grad():  # padding changes nothing: each text alone gives the same vector
+        alone = np.concatenate([ours.encode([t], batch_size=1) for t in TEXTS])
+    np.testing.assert_allclose(vectors, alone, atol=1e-6, rtol=0)
+
+
+def test_bert_weights_that_do_not_fit_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from sgmn.text.bert import BertEncoder
+
+    folder = _tiny_sentence_folder(tmp_path / "st")
+    state = load_file(str(folder / "model.safetensors"))
+    del state[next(k for k in state if k.endswith("attention.self.query.weight"))]
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match="model.safetensors: not a BERT encoder's weights"):
+        BertEncoder.from_folder(folder)
+
+
+def test_other_architectures_fall_back_to_transformers(tmp_path):
+    from sgmn.text import bert
+    from sgmn.text.encoders import _PooledSentenceModel
+
+    folder = _tiny_sentence_folder(tmp_path / "st")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu_new"}))
+    assert "gelu_new" in bert.supports(folder)
+    assert _PooledSentenceModel(folder, "cpu").backend == "transformers"
+    with pytest.raises(ValueError, match="cannot run without transformers"):
+        _PooledSentenceModel(folder, "cpu", backend="torch")
+
+
+def test_minilm_token_ids_and_vectors_equal_transformers():
+    from sgmn.text.encoders import _PooledSentenceModel, minilm_path
+
+    texts = [*TEXTS, "the red mug with the striped handle, only today", "Ünïcödé àccents — dash “quotes” 🙂",
+             "word " * 300, "   ", "email me at shop@example.com #sale $9.99"]
+    ours = _PooledSentenceModel(minilm_path(), "cpu")
+    reference = _PooledSentenceModel(minilm_path(), "cpu", backend="transformers")
+    assert ours.backend == "torch"
+    ids, expected = ours._tokenize(texts), reference._tokenize(texts)
+    assert ids["input_ids"].shape == (len(texts), 256)  # truncated at max_seq_length
+    for key in ids:
+        assert torch.equal(ids[key], expected[key]), key
+    np.testing.assert_allclose(ours.encode(texts, 4), reference.encode(texts, 4), atol=1e-6, rtol=0)

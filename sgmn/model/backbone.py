@@ -1,16 +1,23 @@
-"""The CLIP / Chinese-CLIP vision tower (from transformers) with the patch mask inside attention.
+"""The CLIP / Chinese-CLIP vision tower with the patch mask inside attention.
 
-The tower is the transformers module itself, so Hugging Face CLIP folders load by name; OpenAI
-CLIP ``.pt`` files (and the ``clip.visual.*`` part of published SGMN checkpoints) are converted to
-the same names by :func:`openai_visual_to_hf`. Unlike the stock forward, :meth:`VisionBackbone.forward`
-runs the encoder layers itself so that a per-image patch mask can be applied to the keys of every
-layer, and it applies the post-LayerNorm and projection to ALL tokens (token 0 = CLS = the image
-feature; the patch tokens feed text-guided attention and frame-level matching).
+The tower is :class:`sgmn.model.vit.VisionTransformer`, a plain-torch copy of transformers' CLIP
+vision model with the same parameter names (importing transformers' modeling code costs ~3 s per
+`sgmn query`), so Hugging Face CLIP folders load by name; OpenAI CLIP ``.pt`` files (and the
+``clip.visual.*`` part of published SGMN checkpoints) are converted to the same names by
+:func:`openai_visual_to_hf`. :meth:`VisionBackbone.forward` runs the encoder layers itself so that
+a per-image patch mask can be applied to the keys of every layer, and it applies the
+post-LayerNorm and projection to ALL tokens (token 0 = CLS = the image feature; the patch tokens
+feed text-guided attention and frame-level matching).
+
+A freshly built backbone takes its random initial weights from transformers' model (built and
+copied), so seeded training starts exactly where it did when the tower was transformers' module;
+a model rebuilt to receive saved weights skips that (:func:`saved_weights_follow`).
 """
 
 from __future__ import annotations
 
-import inspect
+import contextlib
+import contextvars
 import re
 import warnings
 import zipfile
@@ -23,6 +30,7 @@ from torch import nn
 
 from sgmn.errors import DataError
 from sgmn.model.config import VisionConfig
+from sgmn.model.vit import VisionTransformer
 
 # OpenAI CLIP ViTs use 64-dim heads; the head count is not visible in any weight shape.
 OPENAI_HEAD_DIM = 64
@@ -52,6 +60,22 @@ def _hf_vision_config(vision: VisionConfig):
     )
 
 
+# True while a model is rebuilt only to receive saved weights (see saved_weights_follow).
+_SAVED_WEIGHTS_FOLLOW = contextvars.ContextVar("sgmn_saved_weights_follow", default=False)
+
+
+@contextlib.contextmanager
+def saved_weights_follow():
+    """Backbones built inside skip transformers' random init: every tensor is about to be
+    overwritten by saved weights (``RetrievalModel.from_pretrained``), and building transformers'
+    model only to throw its weights away costs seconds of imports."""
+    token = _SAVED_WEIGHTS_FOLLOW.set(True)
+    try:
+        yield
+    finally:
+        _SAVED_WEIGHTS_FOLLOW.reset(token)
+
+
 def _innermost_vision(module: nn.Module) -> nn.Module:
     """The module that owns embeddings / pre_layrnorm / encoder / post_layernorm.
 
@@ -68,33 +92,44 @@ class VisionBackbone(nn.Module):
 
     def __init__(self, vision: VisionConfig, embed_dim: int):
         super().__init__()
-        import transformers
-
         if vision.kind not in ("clip", "chinese-clip"):
             raise ValueError(f"unknown vision kind {vision.kind!r} (expected 'clip' or 'chinese-clip')")
         self.config = vision
         self.embed_dim = embed_dim
-        model_cls = (
-            transformers.ChineseCLIPVisionModel if vision.kind == "chinese-clip" else transformers.CLIPVisionModel
+        # Built without random init (no draws: the seeded stream sees only transformers' draws
+        # below, in the same order as before); always filled, here or by the saved weights.
+        self.vision_model = VisionTransformer(
+            width=vision.width, layers=vision.layers, heads=vision.heads,
+            mlp_hidden=int(vision.width * vision.mlp_ratio), image_size=vision.image_size,
+            patch_size=vision.patch_size, eps=vision.layer_norm_eps,
         )
-        self.vision_model = _innermost_vision(model_cls(_hf_vision_config(vision)))
+        if not _SAVED_WEIGHTS_FOLLOW.get():
+            self._init_like_transformers()
         self.proj = nn.Linear(vision.width, embed_dim, bias=False)
         nn.init.normal_(self.proj.weight, std=vision.width**-0.5)
-        # transformers 4.x encoder layers take a positional causal mask; 5.x do not.
-        layer_params = inspect.signature(self.vision_model.encoder.layers[0].forward).parameters
-        self._layer_kwargs = {"causal_attention_mask": None} if "causal_attention_mask" in layer_params else {}
         if vision.freeze:
             self.vision_model.requires_grad_(False)
         # Recompute each encoder layer in the backward pass instead of storing its activations
         # (a training option: sgmn train --set train.activation_checkpointing=true).
         self.activation_checkpointing = False
 
+    def _init_like_transformers(self) -> None:
+        """Random init = transformers' CLIP (or Chinese-CLIP) vision model's, copied tensor by tensor."""
+        import transformers
+
+        vision = self.config
+        model_cls = (
+            transformers.ChineseCLIPVisionModel if vision.kind == "chinese-clip" else transformers.CLIPVisionModel
+        )
+        reference = _innermost_vision(model_cls(_hf_vision_config(vision)))
+        self.vision_model.load_state_dict(reference.state_dict(), strict=True)
+
     @property
     def num_tokens(self) -> int:
         return self.config.num_tokens
 
     def _attention_mask(self, keep_mask: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """(M, N) keep mask -> the (M, 1, N, N) mask the HF attention interface expects."""
+        """(M, N) keep mask -> the (M, 1, N, N) boolean mask of SDPA (True = attend)."""
         m, n = hidden.shape[:2]
         if keep_mask.shape != (m, n):
             raise ValueError(f"keep_mask must be (M, N) = ({m}, {n}), got {tuple(keep_mask.shape)}")
@@ -105,13 +140,8 @@ class VisionBackbone(nn.Module):
             torch._assert_async(keep[:, 0].all(), "keep_mask must keep token 0 (CLS) of every image")
         elif not bool(keep[:, 0].all()):
             raise ValueError("keep_mask must keep token 0 (CLS) of every image")
-        keys = keep[:, None, None, :].expand(m, 1, n, n)
-        if getattr(self.vision_model.config, "_attn_implementation", None) == "eager":
-            # eager attention adds the mask to the scores
-            additive = torch.zeros(keys.shape, dtype=hidden.dtype, device=hidden.device)
-            return additive.masked_fill(~keys, torch.finfo(hidden.dtype).min)
-        # SDPA takes a boolean mask (True = attend), which stays valid under autocast dtypes
-        return keys
+        # a boolean mask stays valid under autocast dtypes
+        return keep[:, None, None, :].expand(m, 1, n, n)
 
     def _cls_biased_mask(self, keep_mask: Optional[torch.Tensor], bias: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Additive (M, 1, N, N) mask: the key mask, plus ``bias`` (M, N-1) on the CLS query's patch keys."""
@@ -153,10 +183,9 @@ class VisionBackbone(nn.Module):
                 bias, guide_map = guide(hidden)
                 mask = self._cls_biased_mask(keep_mask, bias, hidden)
             if checkpointing:
-                out = torch.utils.checkpoint.checkpoint(layer, hidden, mask, use_reentrant=False, **self._layer_kwargs)
+                hidden = torch.utils.checkpoint.checkpoint(layer, hidden, mask, use_reentrant=False)
             else:
-                out = layer(hidden, mask, **self._layer_kwargs)
-            hidden = out[0] if isinstance(out, tuple) else out
+                hidden = layer(hidden, mask)
         hidden = tower.post_layernorm(hidden)
         tokens = self.proj(hidden)
         return tokens if guide is None else (tokens, guide_map)

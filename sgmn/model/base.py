@@ -365,6 +365,7 @@ class RetrievalModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: Union[str, Path], map_location: Union[str, torch.device] = "cpu"):
         """Rebuild the model saved in ``directory`` (its class follows ``config.architecture``)."""
+        from sgmn.model.backbone import saved_weights_follow
         from sgmn.model.checkpoint import load_state
         from sgmn.model.registry import model_class
 
@@ -372,7 +373,9 @@ class RetrievalModel(nn.Module):
         config = SGMNConfig.from_dict(config_dict)
         # The saved weights replace any pretrained initialisation: do not load it again (its
         # file may not even exist on this machine).
-        model = model_class(config.architecture)(config.replace(**{"vision.pretrained": None}))
+        # ... nor draw a random init for the vision tower that the load replaces (backbone.py).
+        with saved_weights_follow():
+            model = model_class(config.architecture)(config.replace(**{"vision.pretrained": None}))
         model.config = config
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:

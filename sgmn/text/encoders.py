@@ -42,16 +42,17 @@ _PLAIN_MODULES = {
 
 class _PooledSentenceModel:
     """A sentence-transformers folder of the plain kind (Transformer -> mean or CLS Pooling ->
-    Normalize, as all-MiniLM-L6-v2) run through transformers directly.
+    Normalize, as all-MiniLM-L6-v2), computed without sentence-transformers.
 
     Why not ``SentenceTransformer``: importing sentence-transformers costs seconds (it pulls in
-    scikit-learn, scipy, ...), which every `sgmn query` paid before answering. The vectors are
-    the same (tests/test_text.py compares them with SentenceTransformer's).
+    scikit-learn, scipy, ...), which every `sgmn query` paid before answering; importing
+    transformers' modeling code costs ~3 s more. A BERT folder (MiniLM) therefore runs through
+    :mod:`sgmn.text.bert` (plain torch + the ``tokenizers`` library); any other architecture
+    through transformers. ``backend`` forces one ("torch" or "transformers"); the vectors are the
+    same (tests/test_text.py compares them with SentenceTransformer's and transformers').
     """
 
-    def __init__(self, path: Path, device: str):
-        import transformers as tf
-
+    def __init__(self, path: Path, device: str, backend: str = "auto"):
         modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
         pooling_dir = next(path / m["path"] for m in modules if m["type"].endswith(".Pooling"))
         pooling = json.loads((pooling_dir / "config.json").read_text(encoding="utf-8"))
@@ -67,8 +68,29 @@ class _PooledSentenceModel:
         self.max_length = int(settings.get("max_seq_length") or 512)
         self.lower = bool(settings.get("do_lower_case", False))
         self.dim = int(pooling["word_embedding_dimension"])
-        self.tokenizer = tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = tf.AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+        if backend == "auto":
+            from sgmn.text import bert
+
+            backend = "torch" if bert.supports(path) is None else "transformers"
+        if backend == "torch":
+            from sgmn.text import bert
+
+            why_not = bert.supports(path)
+            if why_not is not None:
+                raise ValueError(f"{path}: cannot run without transformers: {why_not}")
+            self._tokenize = bert.BertTokenizer(path, self.max_length)
+            self.model = bert.BertEncoder.from_folder(path).to(device)
+        elif backend == "transformers":
+            import transformers as tf
+
+            tokenizer = tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self._tokenize = lambda texts: dict(tokenizer(texts, padding=True, truncation=True,
+                                                          max_length=self.max_length, return_tensors="pt"))
+            hf_model = tf.AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+            self.model = lambda **batch: hf_model(**batch).last_hidden_state
+        else:
+            raise ValueError(f"unknown backend {backend!r} (auto, torch or transformers)")
+        self.backend = backend
         self.device = device
 
     def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
@@ -78,10 +100,9 @@ class _PooledSentenceModel:
         with torch.no_grad():
             for start in range(0, len(texts), batch_size):
                 part = texts[start : start + batch_size]
-                batch = self.tokenizer([t.lower() for t in part] if self.lower else part, padding=True,
-                                       truncation=True, max_length=self.max_length, return_tensors="pt")
+                batch = self._tokenize([t.lower() for t in part] if self.lower else part)
                 batch = {k: v.to(self.device) for k, v in batch.items()}
-                tokens = self.model(**batch).last_hidden_state
+                tokens = self.model(**batch)
                 if self.pooling == "mean":
                     mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
                     vectors = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
