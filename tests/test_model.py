@@ -418,16 +418,18 @@ def test_rerank_reorders_only_the_top_k_with_the_cross_encoder():
                                for j in range(5)] for i in range(2)])
         # with smf_score_prior the pair score is prior_weight * S + the cross encoder's output
         cross = cross + model.cross.prior_weight * base
+    reordered = 0
     for i in range(2):
         top = base[i].topk(3).indices
         assert set(reranked[i].topk(3).indices.tolist()) == set(top.tolist())  # the top-K set is kept
         rest = [j for j in range(5) if j not in top.tolist()]
         torch.testing.assert_close(reranked[i, rest], base[i, rest])  # everything else untouched
         assert sorted(reranked[i, top].tolist()) == sorted(base[i, top].tolist())
-        # inside the top-K the order is the cross encoder's (here it differs from the base order)
+        # inside the top-K the order is the cross encoder's
         by_cross = top[cross[i, top].argsort(descending=True)].tolist()
         assert reranked[i].topk(3).indices.tolist() == by_cross
-        assert by_cross != top.tolist()
+        reordered += by_cross != top.tolist()
+    assert reordered > 0  # not vacuous: for some clip the cross encoder's order differs from the base order
     # a dominant prior (smf_score_prior: prior_weight * S + cross) gives the first-stage order back
     with torch.no_grad():
         model.cross.prior_weight.fill_(1e4)
