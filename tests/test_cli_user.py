@@ -1,6 +1,7 @@
 """A new user's first hour on the CLI (issue 12): one-line errors with exit code 2, a data set
 indexed room by room, one JSON schema for `query --json` and the HTTP API, a readable table."""
 
+import inspect
 import json
 import subprocess
 import sys
@@ -300,9 +301,22 @@ def test_query_answers_exactly_as_the_transformers_models(store_with_siblings, m
         tower = _innermost_vision(hf)
         tower.load_state_dict(backbone.vision_model.state_dict())
 
-        def transformers_forward(pixels, keep_mask=None):
+        def transformers_forward(pixels, keep_mask=None, guide=None):
             assert keep_mask is None or bool(keep_mask.all())
-            return backbone.proj(tower.post_layernorm(hf(pixel_values=pixels).last_hidden_state))
+            if guide is None:
+                return backbone.proj(tower.post_layernorm(hf(pixel_values=pixels).last_hidden_state))
+            # text-guided attention (tga_mode attention_bias): transformers' last layer with the
+            # guide's bias on the CLS query's patch keys
+            hidden = hf(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+            bias, attention = guide(hidden)
+            n = hidden.shape[1]
+            mask = torch.zeros(hidden.shape[0], 1, n, n)
+            mask[:, 0, 0, 1:] = bias
+            last = tower.encoder.layers[-1]
+            kwargs = {"causal_attention_mask": None} if "causal_attention_mask" in inspect.signature(last.forward).parameters else {}
+            out = last(hidden, mask, **kwargs)
+            out = out[0] if isinstance(out, tuple) else out
+            return backbone.proj(tower.post_layernorm(out)), attention
 
         monkeypatch.setattr(backbone, "forward", transformers_forward)
         regular = r.query("room", clip, asr="organic t-shirt, size XL", top_k=4)
