@@ -248,3 +248,26 @@ def test_bias_gradients_stay_finite_with_masked_patches_and_missing_text():
         assert torch.isfinite(param.grad).all(), name
     assert torch.isfinite(hidden.grad).all()
     assert guide.strength.grad.abs() > 0
+
+
+def test_a_model_saved_before_tga_mode_existed_loads_as_the_mix_it_was_trained_with(tmp_path):
+    import json
+
+    from sgmn.model.base import RetrievalModel
+
+    torch.manual_seed(0)
+    old = create_model("sgmn-tiny", tga_mode="mix").eval()
+    old.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    config = json.loads(path.read_text())
+    for key in ("tga_mode", "tga_mix_init", "tga_bias_init"):  # fields the old code did not write
+        config.pop(key)
+    path.write_text(json.dumps(config))
+    loaded = RetrievalModel.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config.tga_mode == "mix" and isinstance(loaded.tga, TextGuidedAttention)
+    frames, frame_mask, asr = _clip_inputs(old)
+    mask = torch.ones(3, dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded._encode_clip_tensors(frames, frame_mask, None, asr, mask)["v"],
+                                   old._encode_clip_tensors(frames, frame_mask, None, asr, mask)["v"])
+    assert create_model("sgmn-tiny").config.tga_mode == "attention_bias"  # new models get the new default

@@ -147,6 +147,9 @@ class SGMNConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SGMNConfig":
         d = dict(d)
+        # A config saved before `tga_mode` existed (its models were trained with the CLS mix, the
+        # default then) keeps loading as what it is: the new default would not fit its weights.
+        d.setdefault("tga_mode", "mix")
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown SGMNConfig fields: {sorted(unknown)}")
