@@ -274,14 +274,10 @@ def exact_torch(queries: torch.Tensor, gallery: torch.Tensor, k: int, chunk: int
 
 
 def exact_numpy(queries: np.ndarray, gallery: np.ndarray, k: int, chunk: int = 64) -> np.ndarray:
-    k = min(k, len(gallery))
-    rows = []
-    for lo in range(0, len(queries), chunk):
-        s = queries[lo:lo + chunk] @ gallery.T
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1, kind="stable")
-        rows.append(np.take_along_axis(part, order, axis=1))
-    return np.concatenate(rows)
+    """numpy matmul + argpartition in query chunks: the catalogue's own exact top-k (calibration)."""
+    from sgmn.retrieval.index import top_rows
+
+    return top_rows(queries, gallery, k, chunk)
 
 
 def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:

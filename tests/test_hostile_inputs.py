@@ -55,19 +55,8 @@ def write_pframe_flood(path, n: int, width: int = 64, height: int = 48, rate: in
 def gop_video(path, n: int, gop: int, size=(64, 48)):
     """``n`` flat frames of brightness 2*i (so a frame's level tells its index), keyframe every ``gop``."""
     width, height = size
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=25)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.gop_size = gop
-        stream.options = {"qscale": "2"}
-        for i in range(n):
-            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 2 * i, np.uint8), format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
+    frames = [np.full((height, width, 3), 2 * i, np.uint8) for i in range(n)]
+    return write_mp4(path, frames, rate=25, options={"qscale": "2"}, gop=gop)
 
 
 # ---- videos: the library ---------------------------------------------------------------------

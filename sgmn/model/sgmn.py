@@ -56,32 +56,12 @@ def run_backbone_on_real_frames(
     CLS in every frame of its clip; then ``(tokens, map (B,T,N-1))`` is returned (padding: zeros).
     """
     B, T = frames.shape[:2]
-    frame_guide = None
-    if guide is not None:
-        module, query, has_text = guide
-        frame_query = query[:, None].expand(B, T, query.shape[-1])
-        frame_has_text = has_text.bool()[:, None].expand(B, T)
-
-        def frame_guide(select):  # the guide for the frames picked by ``select`` (B,T -> M)
-            q, valid = select(frame_query), select(frame_has_text)
-            keep = select(patch_mask)[:, 1:] if patch_mask is not None else None
-            return lambda hidden: module(hidden, q, valid, keep)
-
-    def finish(out, place):  # tokens (and map) of the computed frames -> (B, T, ...) tensors
-        if guide is None:
-            return place(out)
-        tokens, attn = out
-        return place(tokens), place(attn)
-
-    flat = lambda x: x.flatten(0, 1)  # noqa: E731
     if include_padding or (frames.is_cuda if compute_padding is None else compute_padding):
         # include_padding: as published. Otherwise on CUDA (the default) every frame is computed
         # and the padding zeroed: selecting the real frames needs their count on the host (a sync
         # that stalls the GPU queue, and a dynamic shape for torch.compile). Same result.
-        keep = flat(patch_mask) if patch_mask is not None else None
-        if keep is not None and not include_padding:
-            keep = keep | ~flat(frame_mask)[:, None]  # a padded frame's mask may be empty
-        out = backbone(flat(frames), keep, frame_guide(flat)) if guide is not None else backbone(flat(frames), keep)
+        def select(x):
+            return x.flatten(0, 1)
 
         def place(x):
             x = x.reshape(B, T, *x.shape[1:])
@@ -89,17 +69,27 @@ def run_backbone_on_real_frames(
                 return x
             return torch.where(frame_mask.view(B, T, *([1] * (x.dim() - 2))), x, x.new_zeros(()))
 
-        return finish(out, place)
-    pick = lambda x: x[frame_mask]  # noqa: E731
-    keep = pick(patch_mask) if patch_mask is not None else None
-    out = backbone(pick(frames), keep, frame_guide(pick)) if guide is not None else backbone(pick(frames), keep)
+        keep = select(patch_mask) if patch_mask is not None else None
+        if keep is not None and not include_padding:
+            keep = keep | ~select(frame_mask)[:, None]  # a padded frame's mask may be empty
+    else:
+        def select(x):
+            return x[frame_mask]
 
-    def place(x):
-        full = x.new_zeros(B, T, *x.shape[1:])
-        full[frame_mask] = x
-        return full
+        def place(x):
+            full = x.new_zeros(B, T, *x.shape[1:])
+            full[frame_mask] = x
+            return full
 
-    return finish(out, place)
+        keep = select(patch_mask) if patch_mask is not None else None
+    if guide is None:
+        return place(backbone(select(frames), keep))
+    module, query, has_text = guide  # one query per clip, shared by its frames
+    frame_query = select(query[:, None].expand(B, T, query.shape[-1]))
+    frame_has_text = select(has_text.bool()[:, None].expand(B, T))
+    patch_keep = select(patch_mask)[:, 1:] if patch_mask is not None else None
+    tokens, attn = backbone(select(frames), keep, lambda hidden: module(hidden, frame_query, frame_has_text, patch_keep))
+    return place(tokens), place(attn)
 
 
 def backbone_token_shape(backbone: nn.Module) -> tuple[int, int]:
@@ -207,13 +197,14 @@ class SGMN(RetrievalModel):
         if self.config.use_text:
             t_raw = self.fc_title(title_vec)
             t = l2n(t_raw) * title_mask.unsqueeze(-1).to(t_raw.dtype)
-        if isinstance(self.tga_product, TextGuidedCLSBias):
+        biased = isinstance(self.tga_product, TextGuidedCLSBias)
+        if biased:
             query = self.tga_product.text_query(t_raw)
             tokens, attention = self.backbone(pixels, None, lambda hidden: self.tga_product(hidden, query, title_mask))
         else:
             tokens = self.backbone(pixels, None)
         cls = tokens[:, 0]
-        if self.tga_product is not None and attention is None:
+        if self.tga_product is not None and not biased:
             new_cls, attention = self.tga_product(cls[:, None], tokens[:, None, 1:], t_raw, None, title_mask)
             cls, attention = new_cls[:, 0], attention[:, 0]
         p = l2n(cls)

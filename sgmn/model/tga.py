@@ -28,6 +28,15 @@ import torch
 import torch.nn as nn
 
 
+def drop_masked_patches(logits: torch.Tensor, patch_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., P) patch scores with the masked patches at -inf, and has_patch (..., 1).
+
+    A frame with no kept patch would give a softmax over nothing (NaN): it keeps all its scores
+    here, and the caller zeroes its map (``has_patch`` False)."""
+    has_patch = patch_mask.any(dim=-1, keepdim=True)
+    return logits.masked_fill(~(patch_mask | ~has_patch), float("-inf")), has_patch
+
+
 class TextGuidedAttention(nn.Module):
     """Text query over patch tokens, mixed into the CLS feature.
 
@@ -96,13 +105,7 @@ class TextGuidedAttention(nn.Module):
         normed = self.norm_patch(patches)
         k = self.key(normed)  # (B, T, P, d)
         v = self.value(normed)
-        logits = torch.einsum("bd,btpd->btp", q, k) * self.scale
-
-        # A frame with no kept patch would give softmax over nothing (NaN): give it a dummy all-keep
-        # mask for the softmax and zero its map afterwards.
-        has_patch = patch_mask.any(dim=-1, keepdim=True)  # (B, T, 1)
-        safe_mask = patch_mask | ~has_patch
-        logits = logits.masked_fill(~safe_mask, float("-inf"))
+        logits, has_patch = drop_masked_patches(torch.einsum("bd,btpd->btp", q, k) * self.scale, patch_mask)
         attn = torch.softmax(logits, dim=-1)
         valid = has_patch & text_mask.view(B, 1, 1)
         attn = attn * valid.to(attn.dtype)
@@ -186,9 +189,8 @@ class TextGuidedCLSBias(nn.Module):
             patch_mask = torch.ones(M, P, dtype=torch.bool, device=hidden.device)
         k = self.key(self.norm_patch(hidden[:, 1:]))
         logits = torch.einsum("md,mpd->mp", query.to(k.dtype), k).float() * self.scale
-        has_patch = patch_mask.any(dim=-1, keepdim=True)
-        safe_mask = patch_mask | ~has_patch
-        log_map = torch.log_softmax(logits.masked_fill(~safe_mask, float("-inf")), dim=-1)
+        logits, has_patch = drop_masked_patches(logits, patch_mask)
+        log_map = torch.log_softmax(logits, dim=-1)
         use = valid.view(M, 1) & has_patch & patch_mask
         kept = patch_mask.sum(-1, keepdim=True).clamp(min=1).float()
         # Masked patches are -inf in log_map: replaced by 0 BEFORE any arithmetic, since a where()
