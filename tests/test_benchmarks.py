@@ -170,6 +170,9 @@ def test_accuracy_smoke_trains_every_model_and_writes_its_section(tmp_path):
         assert [p["epoch"] for p in r["curve"]] == [1, 2] and r["curve"][-1]["R@1"] == r["R@1"]
         # fine-tuned from the pretrain checkpoint with the paper's recipe, or from scratch with its own
         assert r["recipe"]["recipe"] == ("scratch" if r["start"] == "scratch" else "paper")
+        # ... with the backbone factor recipe_selection.py selected
+        assert r["recipe"]["backbone_lr_factor"] == (
+            1.0 if r["start"] == "scratch" else accuracy.FINETUNE["backbone_lr_factor"])
     assert {r["start"] for r in rows} == {"pretrain", "scratch"}
     # the same data, queries and budget for every model of a seed (paired comparisons)
     for seed in cfg.seeds:
@@ -236,3 +239,29 @@ def test_largest_g_solves_the_fitted_budget():
     points = [(g, 1e9 + 0.5e9 * g) for g in (4, 8, 16, 32)]
     g, coef = memory.largest_g(points, 80e9, 4)
     assert g == 156 and abs(coef[1] - 0.5e9) < 1e3
+
+
+@pytest.mark.timeout(1200)
+def test_recipe_selection_picks_the_best_sgmn_mean_and_writes_its_section(tmp_path):
+    import recipe_selection
+
+    doc, json_path = tmp_path / "benchmarks.md", tmp_path / "recipe_selection.json"
+    recipe_selection.main(["--smoke", "--doc", str(doc), "--json", str(json_path), "--out", str(tmp_path / "out")])
+    result = json.loads(json_path.read_text())
+    means = {name: cells["SGMN mean over presets"] for name, cells in result["R@1"].items()}
+    assert set(means) == {"paper (1e-3)", "1"} and result["selected"] == max(means, key=means.get)
+    assert result["finetune"] == recipe_selection.CANDIDATES[result["selected"]]
+    for cells in result["R@1"].values():
+        for m in ("SGMN", "clip-meanpool"):
+            assert len(cells["easy"][m]["per_seed"]) == 1  # the smoke mode: one selection seed, one preset
+    assert "<!-- recipe-selection:start -->" in doc.read_text() and "--smoke" in doc.read_text()
+    # the selection seeds are never the accuracy benchmark's
+    assert not set(recipe_selection.SELECTION_SEEDS) & set(accuracy.mode_config("standard").seeds)
+
+
+def test_accuracy_benchmark_fine_tunes_with_the_selected_recipe():
+    import recipe_selection
+
+    selection = json.loads(recipe_selection.JSON_PATH.read_text())
+    assert accuracy.FINETUNE == selection["finetune"] == recipe_selection.CANDIDATES[selection["selected"]]
+    assert accuracy.mode_config("standard").finetune == accuracy.FINETUNE
