@@ -11,7 +11,8 @@ embeddings: a 32-d subspace plus noise), writes into the ``scale`` section of do
   neighbours, Levina & Bickel) and relative contrast (mean distance / nearest distance) of the
   held-out queries; how hard the vectors are for any approximate index;
 * build time (IVF kinds: training + adding + calibration; HNSW: adding + calibration; Milvus Lite:
-  inserting through pymilvus + building its index until the first search answers);
+  inserting through pymilvus + flushing + waiting until its background worker has built every
+  segment's index, see ``wait_until_indexed``);
 * memory: the serialized index and the process RSS growth while building;
 * query latency p50 / p99 per query (one query per call) and batched (64 queries per call,
   reported per query);
@@ -191,6 +192,27 @@ def bench_faiss(kind: str, cfg: ScaleConfig, n: int) -> dict:
     return row
 
 
+def wait_until_indexed(db: Path, collection: str, field: str) -> list[int]:
+    """Block until Milvus Lite has built the vector index of every flushed segment; the segments' row counts.
+
+    milvus-lite 3 (pure Python, serving pymilvus from a thread of this process) builds one index per
+    segment (``HNSW``: a FAISS ``IndexHNSWFlat``) on a background worker, after each flush and after each
+    compaction that merges segments; a segment without its index yet, and the unflushed memtable, are
+    searched by brute force. So a search answers long before the index exists, and ``describe_index``
+    reports every row indexed from the start: no public call tells when it is built. Drain the worker
+    through the in-process collection instead, and check every segment carries its index."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    _, database, _ = server_manager_instance._servers[os.path.abspath(db)]
+    engine = database.get_collection(collection)
+    engine._wait_for_bg()  # queued compactions and index builds, in order
+    segments = [s for s in engine._segments_snapshot() if s.num_rows]
+    missing = [s.num_rows for s in segments if field not in s.indexes]
+    if missing:
+        raise RuntimeError(f"Milvus Lite left {len(missing)} of {len(segments)} segments without an index")
+    return sorted(s.num_rows for s in segments)
+
+
 def bench_milvus(cfg: ScaleConfig, n: int, folder: Path) -> list[dict]:
     from pymilvus import DataType, MilvusClient
 
@@ -212,18 +234,22 @@ def bench_milvus(cfg: ScaleConfig, n: int, folder: Path) -> list[dict]:
         block = gallery[lo:lo + chunk]
         client.insert("bench", [{"id": lo + i, "room": f"room{(lo + i) // 1200}", "vec": v} for i, v in enumerate(block)])
     client.flush("bench")
+    inserted_s = time.perf_counter() - t0
+    segments = wait_until_indexed(folder / "bench.db", "bench", "vec")
+    build_s = time.perf_counter() - t0
+    print(f"[scale] Milvus Lite: {n} rows inserted and flushed in {inserted_s:.1f} s, indexed "
+          f"{build_s - inserted_s:.1f} s later; {len(segments)} segments of {min(segments)}-{max(segments)} rows", flush=True)
 
     def search(q: np.ndarray, ef: int):
         return client.search("bench", data=list(q), limit=cfg.k, search_params={"metric_type": "IP", "params": {"ef": ef}})
 
-    search(queries[:1], cfg.milvus_ef[0])  # the index is ready once a search answers
-    build_s = time.perf_counter() - t0
     rss = common.rss_bytes() - rss0
     disk = sum(p.stat().st_size for p in (folder / "bench.db").rglob("*") if p.is_file())
     rows = []
     for ef in cfg.milvus_ef:
         found = np.array([[hit["id"] for hit in hits] for hits in search(queries, ef)])
-        rows.append({"method": "Milvus Lite HNSW", "rows": n, "build_s": build_s, "setting": f"M 32, ef {ef}", **structure,
+        rows.append({"method": "Milvus Lite HNSW", "rows": n, "build_s": build_s, "insert_s": inserted_s, **structure,
+                     "setting": f"M 32, ef {ef}; {len(segments)} segments, one HNSW each", "segments": segments,
                      "index_bytes": disk, "rss_growth": rss, "recall@10": recall_at_k(found, exact),
                      **latencies(lambda q, ef=ef: search(q, ef), queries, cfg.batch)})
     adds, removes = [], []
@@ -273,11 +299,15 @@ def goal_line(rows: list[dict]) -> str:
     if not big:
         return f"Goal (p50 < {GOAL_MS:g} ms per query at recall@10 >= {GOAL_RECALL} on {GOAL_ROWS:,} rows): not measured in this run."
     met = [r for r in big if r["p50_ms"] < GOAL_MS and r["recall@10"] >= GOAL_RECALL]
-    if met:
-        return (f"Goal (p50 < {GOAL_MS:g} ms per query at recall@10 >= {GOAL_RECALL} on {GOAL_ROWS:,} rows): **met** by "
-                + "; ".join(f"{r['method']} ({r['p50_ms']:.2f} ms p50, {r['p99_ms']:.2f} ms p99, recall {r['recall@10']:.3f})"
-                            for r in met) + ".")
-    return f"Goal (p50 < {GOAL_MS:g} ms per query at recall@10 >= {GOAL_RECALL} on {GOAL_ROWS:,} rows): **not met** by any index measured."
+    missed = [r for r in big if r not in met]
+
+    def listed(rs):
+        return "; ".join(f"{r['method']}{', ' + r['setting'].split(';')[0] if r['method'].startswith('Milvus') else ''} "
+                         f"({r['p50_ms']:.2f} ms p50, {r['p99_ms']:.2f} ms p99, recall {r['recall@10']:.3f})" for r in rs)
+
+    line = f"Goal (p50 < {GOAL_MS:g} ms per query at recall@10 >= {GOAL_RECALL} on {GOAL_ROWS:,} rows): "
+    line += f"**met** by {listed(met)}." if met else "**not met** by any index measured."
+    return line + (f" Missed by {listed(missed)}." if missed else "")
 
 
 def render(rows: list[dict], cfg: ScaleConfig, info: dict, seconds: float, load_end: Optional[list] = None) -> str:
@@ -289,16 +319,48 @@ def render(rows: list[dict], cfg: ScaleConfig, info: dict, seconds: float, load_
           f"{r['batched_p50_ms']:.3f}", f"{r['batched_p99_ms']:.3f}",
           "—" if np.isnan(r["add_ms"]) else f"{r['add_ms']:.2f}", "—" if np.isnan(r["remove_ms"]) else f"{r['remove_ms']:.2f}"]
          for r in rows])
-    sizes = {}
+    sizes: dict[int, list] = {}  # each backend draws its own vectors and queries: one value per draw
     for r in rows:
         if np.isfinite(r.get("lid", np.nan)):
-            sizes[r["rows"]] = (r["lid"], r["contrast"])
-    structure = "; ".join(f"{n:,} rows: LID {lid:.1f}, relative contrast {c:.2f}" for n, (lid, c) in sorted(sizes.items()))
+            sizes.setdefault(r["rows"], []).append((r["lid"], r["contrast"]))
+
+    def spread(values, fmt):
+        low, high = format(min(values), fmt), format(max(values), fmt)
+        return low if low == high else f"{low}-{high}"
+
+    structure = "; ".join(f"{n:,} rows: LID {spread([v[0] for v in vs], '.1f')}, relative contrast "
+                          f"{spread([v[1] for v in vs], '.2f')}" for n, vs in sorted(sizes.items()))
     hnsw = [r for r in rows if r["method"] == "FAISS HNSW"]
-    hnsw_rate = (f" HNSW was built at {hnsw[0]['rows'] / hnsw[0]['build_s']:,.0f} rows/s (including calibration) on this "
-                 "machine, so a 1M-row HNSW takes at least 1M / that rate (insertion slows as the graph grows)."
-                 if hnsw else "")
+    hnsw_rate = (f" HNSW was built at {hnsw[0]['rows'] / hnsw[0]['build_s']:,.0f} rows/s (including calibration) on this machine"
+                 + (", so a 1M-row HNSW takes at least 1M / that rate (insertion slows as the graph grows)."
+                    if hnsw[0]["rows"] < GOAL_ROWS else ".") if hnsw else "")
     threads = cfg.build_threads or os.cpu_count()
+    milvus = [r for r in rows if r["method"].startswith("Milvus")]
+    milvus_text = ""
+    if milvus:
+        m = milvus[0]
+        milvus_text = (
+            f"Milvus Lite (milvus-lite 3, pure Python, serving pymilvus over loopback gRPC from a thread of the same process) "
+            f"does not build one HNSW over the catalogue: the partition key (the room) hashes rows into 16 partitions, each "
+            f"flush of its 128 MiB memtable writes one segment per partition, compaction merges small segments (up to 100k "
+            f"rows), and a background worker builds one FAISS `IndexHNSWFlat` (M 32, efConstruction 200, on {threads} "
+            f"thread(s)) per segment. A search runs every segment's HNSW at `ef` and merges their top-{cfg.k}s, so recall "
+            f"at a given `ef` is higher than one graph's (here {len(m['segments'])} segments of "
+            f"{min(m['segments']):,}-{max(m['segments']):,} rows). Before any index is searched, every search request runs "
+            f"Python loops over all rows of the collection (the newest version of each primary key, deletions): that work "
+            f"grows with the catalogue, not with `ef`, and sets one query's time at this size (about the same p50 at every "
+            f"`ef`); a batch of {cfg.batch} queries pays it once. Segments not indexed yet are "
+            f"searched by brute force, and `describe_index` reports every row indexed at once, so the build time here runs "
+            f"until the worker has indexed every segment ({m['insert_s']:.0f} s inserting and flushing at "
+            f"{m['rows'] / m['insert_s']:,.0f} rows/s, then {m['build_s'] - m['insert_s']:.0f} s more of indexing); every "
+            f"row is measured on the indexed segments after warm-up queries. (An earlier version of this section timed the first "
+            f"search answer instead, so it measured mostly brute-force search while the worker caught up: recall 1.000 at "
+            f"every `ef`, the first `ef` measured the slowest.)")
+        if m["rows"] < GOAL_ROWS:
+            milvus_text += (
+                f" Milvus Lite is measured at {m['rows']:,} rows, not {GOAL_ROWS:,}: at its {m['rows'] / m['build_s']:,.0f} rows/s "
+                f"here, {GOAL_ROWS:,} rows would take about {GOAL_ROWS / (m['rows'] / m['build_s']) / 60:.0f} min to build "
+                f"(more: compaction rebuilds merged segments' graphs), beyond this shared machine's time for the run.")
     load = f" Load average at the end: {', '.join(f'{x:.2f}' for x in load_end)}." if load_end else ""
     return f"""## Scale: a large catalogue (FAISS IVF, IVF-PQ, HNSW, Milvus Lite)
 
@@ -326,7 +388,7 @@ trained on {cfg.ivf_train_rows:,} sampled rows (the earlier setting). IVF-PQ + r
 catalogue's default above 50k rows (`IndexConfig.large_kind`): `IVF{{4·sqrt(rows)}}_HNSW32,PQ{{d/4}}x4fs,RFlat`
 (an HNSW coarse quantizer, 4-bit PQ fast-scan codes, exact re-ranking of the best
 re-rank·k candidates from the full vectors), k-means on 40 sampled rows per list.{hnsw_rate}
-Milvus Lite (pure-Python milvus-lite 3, in-process, gRPC over loopback) is shown at each `ef`.
+{milvus_text}
 "Add 1 product": two image rows added to the built index (FAISS `add_with_ids`; Milvus insert),
 "remove": the same rows removed (IVF `remove_ids`; HNSW and IVF-PQ: an entry in the catalogue's
 delete map, rebuilt past 20% masked; Milvus delete) — neither rebuilds the index; compare with the
@@ -338,6 +400,9 @@ search every `query(room, ...)` runs (LPR4M-sized room): it stays exact at any c
 
 
 def run(cfg: ScaleConfig, doc: Optional[Path] = common.DOC) -> list[dict]:
+    # threads FAISS does not start itself (Milvus Lite's index-building worker, its gRPC handlers) get
+    # OpenMP's default team, read from the environment when FAISS's libgomp loads, i.e. at this import
+    os.environ.setdefault("OMP_NUM_THREADS", str(cfg.build_threads or os.cpu_count() or 1))
     import faiss
 
     start = time.perf_counter()
