@@ -47,10 +47,10 @@ CANDIDATES = {
 MODELS = (accuracy.FULL, accuracy.CLIP_MEANPOOL)
 
 
-def select(cfg: accuracy.AccuracyConfig, candidates: dict, seeds, out: Path, jobs: int = 1,
+def select(cfg: accuracy.AccuracyConfig, candidates: dict, seeds, out: Path, pretrained: dict, jobs: int = 1,
            threads: Optional[int] = None) -> dict:
-    """Train every (candidate, preset, seed, model); return per-cell R@1 and the selected candidate."""
-    pretrained = accuracy.ensure_pretrain(cfg, out)
+    """Train every (candidate, preset, seed, model) from ``pretrained`` (``accuracy.ensure_pretrain``);
+    return per-cell R@1 and the selected candidate."""
     tasks = []
     for name, finetune in candidates.items():
         run_cfg = copy.deepcopy(cfg)
@@ -113,10 +113,10 @@ def run(cfg: accuracy.AccuracyConfig, candidates: dict, seeds, doc: Path, json_p
         command: str, jobs: int = 1, threads: Optional[int] = None) -> dict:
     info = common.machine_info()
     t0 = time.perf_counter()
-    result = select(cfg, candidates, seeds, out, jobs, threads)
+    pretrained = accuracy.ensure_pretrain(cfg, out)
+    result = select(cfg, candidates, seeds, out, pretrained, jobs, threads)
     seconds = time.perf_counter() - t0
-    pretrain_key = accuracy.ensure_pretrain(cfg, out)["key"]
-    common.write_section(SECTION, markdown(result, command, seconds, info, pretrain_key), doc)
+    common.write_section(SECTION, markdown(result, command, seconds, info, pretrained["key"]), doc)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({**result, "command": command, "git": info.get("git")}, indent=1) + "\n")
     print(f"selected {result['selected']}: {json.dumps(result['finetune'])}", flush=True)

@@ -24,20 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class Linear(nn.Linear):
-    def reset_parameters(self) -> None:  # filled by the caller (see the module docstring)
-        pass
-
-
-class Conv2d(nn.Conv2d):
-    def reset_parameters(self) -> None:
-        pass
-
-
-class Embedding(nn.Embedding):
-    def reset_parameters(self) -> None:
-        pass
+from sgmn.loaded_layers import Conv2d, Embedding, Linear
 
 
 class QuickGELU(nn.Module):

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sgmn.loaded_layers import Embedding, Linear
+
 
 @dataclass
 class BertConfig:
@@ -62,18 +64,7 @@ def supports(folder: Path) -> Optional[str]:
 
 
 # The encoder is only ever built to receive a file's weights (BertEncoder.from_folder checks that
-# every tensor is loaded), so its layers skip the random init: ~0.1 s of every query on MiniLM,
-# and the seeded random stream is left alone.
-class Linear(nn.Linear):
-    def reset_parameters(self) -> None:
-        pass
-
-
-class Embedding(nn.Embedding):
-    def reset_parameters(self) -> None:
-        pass
-
-
+# every tensor is loaded), so its layers skip the random init (sgmn/loaded_layers.py).
 class Embeddings(nn.Module):
     def __init__(self, c: BertConfig):
         super().__init__()

@@ -68,14 +68,12 @@ class _PooledSentenceModel:
         self.max_length = int(settings.get("max_seq_length") or 512)
         self.lower = bool(settings.get("do_lower_case", False))
         self.dim = int(pooling["word_embedding_dimension"])
+        from sgmn.text import bert  # plain torch: cheap to import
+
+        why_not = bert.supports(path)  # None: the folder runs without transformers
         if backend == "auto":
-            from sgmn.text import bert
-
-            backend = "torch" if bert.supports(path) is None else "transformers"
+            backend = "torch" if why_not is None else "transformers"
         if backend == "torch":
-            from sgmn.text import bert
-
-            why_not = bert.supports(path)
             if why_not is not None:
                 raise ValueError(f"{path}: cannot run without transformers: {why_not}")
             self._tokenize = bert.BertTokenizer(path, self.max_length)
