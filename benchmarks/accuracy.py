@@ -267,7 +267,7 @@ def run_one(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path, pretrained: 
     t0 = time.perf_counter()
     for e in curve_epochs:
         model = sgmn.load_model(run_dir / f"epoch-{e:03d}")
-        res = evaluate(model, data, split="test", progress=False)
+        res = evaluate(model, data, split="test", progress=False, mechanism=e == epochs)
         curve.append({"epoch": e, "R@1": res.metrics["R@1"], "R@5": res.metrics["R@5"]})
         final = res
     eval_s = time.perf_counter() - t0
@@ -285,6 +285,7 @@ def run_one(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path, pretrained: 
                                    "num_missing_predictions", "median_rank")},
         "gallery_products": metrics["protocol"]["gallery_products"],
         "queries": queries, "hits@1": hits1, "hits@5": hits5, "curve": curve,
+        "mechanism": mechanism_summary(metrics.get("mechanism") or {}),
         "recipe": {k: recipe[k] for k in ("recipe", "lr", "backbone_lr_factor")},
         "steps": result.step, "final_loss": result.last_losses.get("loss"),
         "train_s": train_s, "eval_s": eval_s, "cpu_s": time.process_time() - cpu0,
@@ -297,6 +298,39 @@ def run_one(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path, pretrained: 
           f"{row['cpu_s']:.0f} CPU-s): R@1 {row['R@1']:.1f}  R@5 {row['R@5']:.1f}  (chance {row['chance_R@1']:.1f})",
           flush=True)
     return {**row, "from_cache": False}
+
+
+def mechanism_summary(mech: dict) -> dict:
+    """The final model's mechanism metrics (``sgmn eval --mechanism``), where the model has them:
+    TGA influence (mean cos of v with and without the ASR), TGA pointing (attention mass in the
+    product's box / a uniform map's), the SMF cross encoder's accuracy on mined candidates."""
+    out = {}
+    if (mech.get("tga_influence") or {}).get("mean_cos") is not None:
+        out["tga_cos"] = mech["tga_influence"]["mean_cos"]
+    if (mech.get("tga_pointing") or {}).get("mass_ratio") is not None:
+        out["tga_pointing"] = mech["tga_pointing"]["mass_ratio"]
+    if (mech.get("smf_accuracy") or {}).get("accuracy") is not None:
+        out["smf_accuracy"], out["smf_chance"] = mech["smf_accuracy"]["accuracy"], mech["smf_accuracy"]["chance"]
+    return out
+
+
+def mechanism_table(rows: list[dict], presets: Sequence[str], models: Sequence[str]) -> list[list[str]]:
+    """Mean over seeds of each mechanism metric, per preset and model (models without any: left out)."""
+    table = []
+    for p in presets:
+        for m in models:
+            mechs = [r.get("mechanism") or {} for r in rows if r["preset"] == p and r["model"] == m]
+            if not any(mechs):
+                continue
+
+            def mean(key, scale=1.0, fmt="{:.3f}"):
+                values = [x[key] for x in mechs if key in x]
+                return fmt.format(scale * statistics.fmean(values)) if values else "–"
+
+            table.append([p, m, mean("tga_cos"), mean("tga_pointing", fmt="{:.2f}×"),
+                          f"{mean('smf_accuracy', 100, '{:.1f}')} ({mean('smf_chance', 100, '{:.1f}')})"
+                          if any("smf_accuracy" in x for x in mechs) else "–"])
+    return table
 
 
 def _run_task(args):  # a top-level function, so a process pool can pickle it
@@ -604,6 +638,17 @@ def render(cfg: AccuracyConfig, rows: list[dict], knob_rows: list[dict], doc: di
     out += [common.markdown_table(["effect", *cfg.presets], etable), ""]
 
     out += ["### Goals (issue 9, point 5)", ""] + goal_lines(doc) + [""]
+
+    mtable = mechanism_table(rows, cfg.presets, models)
+    if mtable:
+        out += ["### Mechanism metrics of the final models, mean over seeds", "",
+                "`sgmn eval`'s mechanism metrics on each run's test split: TGA influence = mean cos of the clip "
+                "embedding v with and without the ASR (1: the ASR changes nothing); TGA pointing = the attention "
+                "mass inside the product's box relative to a uniform map (1×: no better than uniform); SMF accuracy = "
+                "how often the cross encoder alone, without the retrieval score, picks the ground-truth product "
+                "among it and the query's highest-ranked other products (chance in brackets).", "",
+                common.markdown_table(["preset", "model", "TGA influence (cos)", "TGA pointing", "SMF accuracy % (chance)"],
+                                      mtable), ""]
 
     out += ["### Learning curves", "",
             "Test R@1 after each scored epoch, mean over seeds. The change over the last scored interval says whether "

@@ -174,6 +174,14 @@ def test_accuracy_smoke_trains_every_model_and_writes_its_section(tmp_path):
         assert r["recipe"]["backbone_lr_factor"] == (
             1.0 if r["start"] == "scratch" else accuracy.FINETUNE["backbone_lr_factor"])
     assert {r["start"] for r in rows} == {"pretrain", "scratch"}
+    # the final models' mechanism metrics: TGA and the cross encoder where the model has them
+    for r in rows:
+        mech = r["mechanism"]
+        if r["model"] == "clip-meanpool":
+            assert mech == {}
+        if r["model"] == "SGMN":
+            assert set(mech) == {"tga_cos", "tga_pointing", "smf_accuracy", "smf_chance"}
+            assert -1 <= mech["tga_cos"] <= 1 and mech["tga_pointing"] > 0 and 0 < mech["smf_chance"] < 1
     # the same data, queries and budget for every model of a seed (paired comparisons)
     for seed in cfg.seeds:
         assert len({(r["data"], r["steps"], tuple(r["queries"])) for r in rows if r["seed"] == seed}) == 1
@@ -207,6 +215,10 @@ def test_accuracy_smoke_trains_every_model_and_writes_its_section(tmp_path):
     text = doc.read_text()
     assert "<!-- accuracy:start -->" in text and "accuracy --smoke" in text
     assert "### Goals (issue 9, point 5)" in text and "not measured" in text
+    assert "### Mechanism metrics of the final models" in text
+    sgmn_mech = [r["mechanism"] for r in rows if r["model"] == "SGMN" and r["preset"] == cfg.presets[0]]
+    row = next(line for line in text.splitlines() if line.startswith(f"| {cfg.presets[0]} | SGMN |"))
+    assert f"{sum(m['tga_cos'] for m in sgmn_mech) / len(sgmn_mech):.3f}" in row
     for name in ("models", "curves"):
         assert (tmp_path / "img" / f"accuracy-smoke-{name}.png").stat().st_size > 1000
     # each synthetic set and the pretraining are done once: a second run trains nothing new
