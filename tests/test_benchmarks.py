@@ -277,3 +277,20 @@ def test_accuracy_benchmark_fine_tunes_with_the_selected_recipe():
     selection = json.loads(recipe_selection.JSON_PATH.read_text())
     assert accuracy.FINETUNE == selection["finetune"] == recipe_selection.CANDIDATES[selection["selected"]]
     assert accuracy.mode_config("standard").finetune == accuracy.FINETUNE
+
+
+def test_smf_probe_trains_only_the_cross_encoder_and_writes_its_section(tmp_path):
+    import smf_probe
+
+    doc = tmp_path / "benchmarks.md"
+    cfg = smf_probe.smoke_config()
+    rows = smf_probe.run(cfg, doc=doc, out=tmp_path / "out")
+    assert [r["seed"] for r in rows] == list(cfg.seeds)
+    for r in rows:
+        assert [s for s, _ in r["curve"]] == [0, 2, 4] and r["curve"][0][1] == r["joint_accuracy"]
+        assert r["probe_accuracy"] == r["curve"][-1][1] and 0 < r["chance"] < 1 and r["k"] == 3
+        assert 0 < r["trained_params"] and np.isfinite(r["pair_first"]) and np.isfinite(r["pair_last"])
+        assert r["lr"] == pytest.approx(cfg.lr_factor * 3e-4)  # the recipe's lr for new modules, times the factor
+        assert r["trained_moved"] > 0 and r["frozen_moved"] == 0.0  # only the cross encoder and fusion train
+    text = doc.read_text()
+    assert "<!-- smf-probe:start -->" in text and "Can SMF's cross encoder learn" in text
