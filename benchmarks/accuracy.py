@@ -231,6 +231,19 @@ def run_key(cfg: AccuracyConfig, spec: ModelSpec, synth, pretrain_key: Optional[
     return hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def train_run(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path, pretrained: Optional[dict], run_dir: Path):
+    """Train ``spec`` on ``synth`` into ``run_dir`` (emptied first) as every run here does; the
+    ``TrainResult`` (checkpoints stay in ``run_dir``)."""
+    from sgmn.train.loop import train
+
+    overrides = dict(spec.overrides_dict(), **{"text.cache_dir": str(out / "text-cache")})
+    if spec.start == "pretrain":
+        overrides["vision.pretrained"] = pretrained["path"]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return train(ensure_data(synth, out / "data"), "lpr4m", spec.variant, run_dir,
+                 train_config=train_config(cfg, spec, synth.seed), model_overrides=overrides)
+
+
 def run_one(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path, pretrained: Optional[dict],
             threads: Optional[int] = None) -> dict:
     """Train ``spec`` on ``synth`` with the config's budget and seed; score the curve epochs and keep
@@ -240,7 +253,6 @@ def run_one(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path, pretrained: 
     import sgmn
     from sgmn.data.readers import read_dataset
     from sgmn.eval.protocol import evaluate
-    from sgmn.train.loop import train
 
     if threads:
         torch.set_num_threads(threads)
@@ -250,14 +262,9 @@ def run_one(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path, pretrained: 
     if cached.exists():
         return {**json.loads(cached.read_text()), "from_cache": True}
 
-    overrides = dict(spec.overrides_dict(), **{"text.cache_dir": str(out / "text-cache")})
-    if spec.start == "pretrain":
-        overrides["vision.pretrained"] = pretrained["path"]
-    train_cfg = train_config(cfg, spec, synth.seed)
     run_dir = out / "runs" / key
-    shutil.rmtree(run_dir, ignore_errors=True)
     cpu0, t0 = time.process_time(), time.perf_counter()
-    result = train(data_dir, "lpr4m", spec.variant, run_dir, train_config=train_cfg, model_overrides=overrides)
+    result = train_run(cfg, spec, synth, out, pretrained, run_dir)
     train_s = time.perf_counter() - t0
     recipe = json.loads((run_dir / "train_config.json").read_text())
     data = read_dataset(data_dir, "lpr4m")

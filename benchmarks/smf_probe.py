@@ -46,6 +46,7 @@ class ProbeConfig:
     every: int = 200  # test SMF accuracy every this many steps
     batch_size: int = 16  # the accuracy benchmark's
     mode: str = "standard"  # the accuracy benchmark's mode (sizes, budget)
+    threads: int = 1  # torch threads (the accuracy benchmark's runs use one each)
 
 
 def smoke_config() -> ProbeConfig:
@@ -71,17 +72,13 @@ def probe_seed(cfg: ProbeConfig, acc_cfg, seed: int, out: Path, pretrained: dict
     from sgmn.data.readers import read_dataset
     from sgmn.text import TextVectors, make_text_encoder
     from sgmn.train.config import TrainConfig
-    from sgmn.train.loop import train
 
     spec = accuracy.FULL
     synth = accuracy.synth_config(acc_cfg, cfg.preset, seed)
     data_dir = accuracy.ensure_data(synth, out / "data")
-    overrides = dict(spec.overrides_dict(), **{"text.cache_dir": str(out / "text-cache"),
-                                               "vision.pretrained": pretrained["path"]})
-    train_cfg = accuracy.train_config(acc_cfg, spec, seed)
     run_dir = work / f"seed-{seed}"
     t0 = time.perf_counter()
-    result = train(data_dir, "lpr4m", spec.variant, run_dir, train_config=train_cfg, model_overrides=overrides)
+    result = accuracy.train_run(acc_cfg, spec, synth, out, pretrained, run_dir)
     joint_s = time.perf_counter() - t0
     recipe = TrainConfig.from_json(run_dir / "train_config.json")
     model = sgmn.load_model(run_dir / f"epoch-{result.epochs_completed:03d}")
@@ -167,6 +164,9 @@ Mean over seeds: {mean('joint_accuracy'):.1f}% after joint training, {mean('prob
 
 
 def run(cfg: ProbeConfig, doc: Optional[Path] = common.DOC, out: Optional[Path] = None) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
     info = common.machine_info()
     acc_cfg = accuracy.mode_config(cfg.mode)
