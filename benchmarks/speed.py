@@ -500,6 +500,8 @@ def _fmt(x, digits=1):
 
 
 def render(results: dict, cfg: SpeedConfig, info: dict, command: str, seconds: float) -> str:
+    from sgmn.retrieval.index import IndexConfig
+
     out = [f"## Speed, memory and scaling ({cfg.mode} mode)", "",
            f"Command: `{command}` — finished in {seconds / 60:.1f} min.", "", common.machine_markdown(info), ""]
     out += ["Models have **random weights** (throughput does not depend on the values). Inputs are random "
@@ -533,8 +535,9 @@ def render(results: dict, cfg: SpeedConfig, info: dict, command: str, seconds: f
             "Exact: torch matmul + `topk`, numpy matmul + `argpartition` (queries in chunks of 64). "
             "FAISS indexes from `sgmn.retrieval.VectorIndex` with its default settings (IVF: ~4·√n lists; HNSW: "
             "M 32, efConstruction 80), calibrated at build time: nprobe (from 64) or efSearch (from 128) doubles, "
-            "then bisects back to the cheapest setting whose recall@10 on 256 gallery rows used as probe queries "
-            "reaches 0.95 plus two standard errors of that estimate (`IndexConfig.target_recall`); "
+            f"then bisects back to the cheapest setting whose recall@10 on {IndexConfig.calibration_queries} gallery "
+            "rows used as probe queries reaches 0.95 plus two standard errors of the mean over those probes "
+            "(`IndexConfig.target_recall`, `ProbeRecall.reaches`); "
             "the build time includes the calibration and the *setting* column shows what it chose. "
             "Recall@10 = share of the exact top-10 found, on separate queries. "
             "Vectors: *isotropic* random (no structure at all: the worst case for IVF / HNSW) and, for IVF / HNSW, "
