@@ -84,9 +84,11 @@ def percentiles(seconds: list[float]) -> tuple[float, float]:
 def recall_ci(found: np.ndarray, exact: np.ndarray) -> dict:
     """Recall@k over the queries with a 95% normal interval from the per-query recalls (a query's k
     neighbours are found or missed together, so the k·queries neighbours are not independent)."""
-    per_query = np.array([len(set(f.tolist()) & set(e.tolist())) / len(e) for f, e in zip(found, exact)])
-    half = 1.96 * per_query.std(ddof=1) / np.sqrt(len(per_query)) if len(per_query) > 1 else 0.0
-    return {"recall@10": float(per_query.mean()), "recall_ci95": [float(per_query.mean() - half), float(per_query.mean() + half)]}
+    from sgmn.retrieval.index import ProbeRecall
+
+    recall = ProbeRecall(np.array([len(set(f.tolist()) & set(e.tolist())) / len(e) for f, e in zip(found, exact)]))
+    half = 1.96 * recall.standard_error
+    return {"recall@10": recall.mean, "recall_ci95": [recall.mean - half, recall.mean + half]}
 
 
 def latencies(search, queries: np.ndarray, batch: int) -> dict:

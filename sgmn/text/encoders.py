@@ -70,7 +70,8 @@ class _PooledSentenceModel:
         self.dim = int(pooling["word_embedding_dimension"])
         from sgmn.text import bert  # plain torch: cheap to import
 
-        why_not = bert.supports(path)  # None: the folder runs without transformers
+        # None: the folder runs without transformers (not read when transformers was asked for)
+        why_not = bert.supports(path) if backend in ("auto", "torch") else None
         if backend == "auto":
             backend = "torch" if why_not is None else "transformers"
         if backend == "torch":
