@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -229,6 +230,23 @@ def test_accuracy_smoke_trains_every_model_and_writes_its_section(tmp_path):
     assert all(r["from_cache"] for r in again["main"]) and not any(r["from_cache"] for r in rows)
     assert "runs were read from the results cache" in doc.read_text()
 
+    # the breakdown by kind of query reads these results; its re-test trains SGMN and the ablation
+    # of a lead on fresh seeds, the way this benchmark does
+    import accuracy_breakdown as bd
+
+    bd_json = tmp_path / "breakdown.json"
+    first = bd.run(out / "smoke-results.json", doc, bd_json, n_boot=200)
+    assert first["leads"] == {} and first["confirmation"] is None  # the smoke mode trains no ablation
+    groups = first["first_pass"]["easy"]["asr"]
+    assert sum(g["queries"] for g in groups.values()) == sum(len(r["queries"]) for r in rows if r["model"] == "SGMN")
+    assert "<!-- accuracy-breakdown:start -->" in doc.read_text() and json.loads(bd_json.read_text()) == first
+    source = json.loads((out / "smoke-results.json").read_text())
+    confirmed = bd.confirm(source, {"easy": ["TGA"]}, (7,), out, jobs=1, n_boot=200)
+    assert confirmed["seeds"] == [7] and confirmed["tested"] == {"easy": ["TGA"]}
+    cells = [g for k in confirmed["breakdown"]["easy"].values() for g in k.values() if g["queries"]]
+    assert cells and all(set(g["effects"]) == {"TGA"} for g in cells)
+    assert any(p.name.startswith("seed7-") for p in (out / "data").iterdir())
+
 
 def test_memory_smoke_measures_both_modes_and_fits(tmp_path):
     import memory
@@ -294,3 +312,91 @@ def test_smf_probe_trains_only_the_cross_encoder_and_writes_its_section(tmp_path
         assert r["trained_moved"] > 0 and r["frozen_moved"] == 0.0  # only the cross encoder and fusion train
     text = doc.read_text()
     assert "<!-- smf-probe:start -->" in text and "Can SMF's cross encoder learn" in text
+
+
+# ---------------------------------------------------------------- accuracy breakdown by kind of query
+def _breakdown_set(root: Path, seed: int, **knobs) -> Path:
+    from sgmn.data.synthetic import SynthConfig, generate
+
+    cfg = SynthConfig(rooms=2, products_per_room=4, clips_per_product=1, test_clips_per_product=2, frames_per_clip=4,
+                      image_size=48, seed=seed, asr_missing=0.0, **knobs)
+    generate(root / f"seed{seed}", cfg, progress=False)
+    return root / f"seed{seed}"
+
+
+def test_breakdown_sorts_queries_by_what_the_clip_shows(tmp_path):
+    import accuracy_breakdown as bd
+
+    from sgmn.data.readers import read_dataset
+    from sgmn.data.synthetic import ATTRIBUTE_WORDS
+
+    K = bd.KINDS
+    # every knob at its extreme: each kind falls entirely into one group
+    busy = bd.query_kinds(_breakdown_set(tmp_path, 0, asr_informativeness=1.0, distractors=1.0, domain_gap=0.0,
+                                         fine_grained=1.0))
+    assert busy and all(k == {"asr": K["asr"][0], "distractors": K["distractors"][0], "visibility": K["visibility"][1],
+                              "sibling": K["sibling"][0]} for k in busy.values())
+    quiet_dir = _breakdown_set(tmp_path, 1, asr_informativeness=0.0, distractors=0.0, domain_gap=1.0, fine_grained=0.0)
+    quiet = bd.query_kinds(quiet_dir)
+    assert all(k["asr"] == K["asr"][1] and k["distractors"] == K["distractors"][1] for k in quiet.values())
+    # out of frame: exactly the clips the reader gives a frame without a box; with domain gap 1 some are
+    data = read_dataset(quiet_dir, "lpr4m")
+    clips = {c.clip_id: c for c in data.split_clips("test")}
+    assert set(clips) == set(quiet)
+    hidden = {q for q, c in clips.items() if any(b is None for b in c.boxes)}
+    assert hidden and hidden != set(clips)
+    assert {q for q, k in quiet.items() if k["visibility"] == K["visibility"][0]} == hidden
+    for q, c in clips.items():
+        assert (quiet[q]["asr"] == K["asr"][0]) == bool(set(re.findall(r"[a-z]+", (c.asr or "").lower())) & ATTRIBUTE_WORDS)
+
+
+def test_breakdown_effects_are_the_paired_effects_within_each_group(tmp_path):
+    import accuracy_breakdown as bd
+
+    kinds, rows = {}, []
+    rng = np.random.default_rng(0)
+    for seed in (0, 1):
+        d = _breakdown_set(tmp_path, seed, asr_informativeness=0.5, distractors=0.5, domain_gap=0.8, fine_grained=0.5)
+        key = d.name
+        kinds[key] = bd.query_kinds(d)
+        queries = sorted(kinds[key])
+        for model in ("SGMN", "SGMN − TGA", "clip-meanpool"):
+            hits = [int(x) for x in rng.random(len(queries)) < 0.5]
+            rows.append({"preset": "p", "model": model, "seed": seed, "data": key, "queries": queries,
+                         "hits@1": hits, "hits@5": hits})
+    doc = bd.breakdown(rows, kinds, n_boot=200)
+    by = {(r["model"], r["seed"]): r for r in rows}
+    for kind, groups in bd.KINDS.items():
+        cells = doc["p"][kind]
+        assert set(cells) == set(groups)
+        assert sum(cells[g]["queries"] for g in groups) == 2 * 16  # the groups split every query once
+        for group in groups:
+            cell = cells[group]
+            assert set(cell["effects"]) == ({"TGA", "vs_clip_meanpool"} if cell["queries"] else set())
+            if not cell["queries"]:
+                continue
+            # the mean over seeds (that have the group) of the per-seed mean hit difference in the group
+            per_seed = []
+            for seed in (0, 1):
+                a, b = by[("SGMN", seed)], by[("SGMN − TGA", seed)]
+                idx = [i for i, q in enumerate(a["queries"]) if kinds[a["data"]][q][kind] == group]
+                if idx:
+                    per_seed.append(np.mean([a["hits@1"][i] - b["hits@1"][i] for i in idx]))
+            tga = cell["effects"]["TGA"]
+            assert tga["mean"] == pytest.approx(100 * np.mean(per_seed))
+            assert tga["ci95"][0] <= tga["mean"] <= tga["ci95"][1]
+
+
+def test_breakdown_leads_are_components_with_a_ci_above_zero_on_a_group_they_are_for():
+    import accuracy_breakdown as bd
+
+    def cell(lo):
+        return {"mean": lo + 1, "ci95": [lo, lo + 2]}
+
+    doc = {"p": {kind: {g: {"queries": 5, "effects": {}} for g in groups} for kind, groups in bd.KINDS.items()}}
+    doc["p"]["visibility"][bd.KINDS["visibility"][0]]["effects"]["TDB"] = cell(0.5)  # TDB's own group: a lead
+    doc["p"]["visibility"][bd.KINDS["visibility"][1]]["effects"]["TDB"] = cell(0.5)  # the other group: not
+    doc["p"]["sibling"][bd.KINDS["sibling"][1]]["effects"]["GCI"] = cell(1.0)  # not GCI's group
+    doc["p"]["asr"][bd.KINDS["asr"][0]]["effects"]["TGA"] = cell(-0.5)  # covers 0
+    doc["p"]["asr"][bd.KINDS["asr"][0]]["effects"]["text"] = cell(3.0)  # text is no component to re-test
+    assert bd.leads(doc) == {"p": ["TDB"]}
