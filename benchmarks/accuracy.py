@@ -83,6 +83,7 @@ ABLATIONS = {  # effect name -> the model without that component
 ALTERNATIVES = {  # effect name -> the model with the other design
     "TGA as a CLS mix": ModelSpec("SGMN, TGA as a CLS mix (α₀ 0.1)", "sgmn-tiny",
                                   (("tga_mode", "mix"), ("tga_mix_init", 0.1))),
+    "L_pair through S": ModelSpec("SGMN, L_pair also trains S", "sgmn-tiny", (("smf_prior_gradient", True),)),
 }
 MODELS: tuple[ModelSpec, ...] = (CLIP_MEANPOOL, RICE, FULL, *ABLATIONS.values(), *ALTERNATIVES.values(), SCRATCH)
 # effect name -> the model full SGMN is compared with (paired difference SGMN − it)

@@ -140,6 +140,20 @@ def test_pairwise_loss_is_cross_entropy_with_target_zero_on_every_row():
     with_prior.backward()
     assert encoder.prior_weight.grad.abs() > 0 and prior.grad is None  # the prior itself is detached
 
+    # detach_prior=False (smf_prior_gradient): the same loss, and d loss / d prior[p, j] is
+    # prior_weight * (softmax_j - [j == 0]) / rows on the scored slots, 0 on invalid ones
+    attached = pairwise_matching_loss(encoder, products, clips, keep, torch.arange(G), negatives, valid, prior,
+                                      detach_prior=False)
+    assert abs(attached.item() - with_prior.item()) < 1e-6
+    attached.backward()
+    with torch.no_grad():
+        logits = torch.stack([torch.stack([torch.tensor(score(p, c)) for c in [p] + [max(int(c), 0) for c in negatives[p]]])
+                              for p in range(G)]) + 10.0 * prior
+        logits = logits.masked_fill(~torch.cat([torch.ones(G, 1, dtype=torch.bool), valid], 1), float("-inf"))
+        grad = 10.0 * (logits.softmax(1) - torch.nn.functional.one_hot(torch.zeros(G, dtype=torch.long), 1 + k)) / len(rows)
+        grad[4] = 0.0  # product 4 has no negative: no loss row
+    torch.testing.assert_close(prior.grad, grad, atol=1e-5, rtol=1e-4)
+
     none = pairwise_matching_loss(encoder, products, clips, keep, torch.arange(G), negatives[4:].expand(G, k), valid[4:].expand(G, k))
     assert none.item() == 0.0 and none.requires_grad
 

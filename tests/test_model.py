@@ -96,6 +96,25 @@ def test_zero_weight_term_is_absent_not_a_fake_zero():
     assert "gnn" not in terms and "reg" in terms
 
 
+@pytest.mark.parametrize("prior_gradient", [False, True])
+def test_pair_loss_trains_the_encoders_through_the_prior_only_when_asked(prior_gradient):
+    # A cross encoder whose output ignores its input (score weight 0) passes no gradient back to
+    # the tokens, so what reaches the backbone can only come through the first-stage prior S.
+    model = tiny(smf_prior_gradient=prior_gradient)
+    with torch.no_grad():
+        model.cross.score.weight.zero_()
+    batch = make_batch()
+    pair = model(batch)["losses"]["pair"]
+    assert pair.item() > 0
+    pair.backward()
+    backbone = sum(p.grad.abs().sum() for p in model.backbone.parameters() if p.grad is not None)
+    title = model.fc_title.weight.grad
+    if prior_gradient:  # S = v.p + lambda a.t: the visual and the text side both learn from the mined negatives
+        assert backbone > 0 and title is not None and title.abs().sum() > 0
+    else:
+        assert backbone == 0 and (title is None or title.abs().sum() == 0)
+
+
 def _modules_without_grad(model):
     bad = []
     for mod_name, module in model.named_children():

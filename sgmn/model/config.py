@@ -128,6 +128,9 @@ class SGMNConfig:
     # The cross encoder scores a pair as prior_weight * S (detached first-stage score) + its own
     # output: it learns a correction of the retrieval score (False: its output alone)
     smf_score_prior: bool = True
+    # True: L_pair's gradient also reaches the prior S, so the mined hard negatives train the
+    # encoders directly (False: S is detached and only the cross encoder's output is trained)
+    smf_prior_gradient: bool = False
 
     # Triplet loss (distance-weighted sampling, Wu et al. 2017)
     triplet_margin: float = 0.2

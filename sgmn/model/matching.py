@@ -190,14 +190,16 @@ def pairwise_matching_loss(
     valid: torch.Tensor,
     prior: Optional[torch.Tensor] = None,
     num_rows: Optional[Union[int, torch.Tensor]] = None,
+    detach_prior: bool = True,
 ) -> torch.Tensor:
     """L_pair: each product against its positive clip and its k mined negatives.
 
     product_tokens (G, N, d) (title already fused); clip_tokens (G, L, d) (ASR already fused),
     clip_keep (G, L); positive_clip_index (G,) the clip of each product's pair (``arange(G)`` for
     a paired batch); negatives, valid (G, k) from :func:`mine_hard_negatives`; prior (G, 1+k)
-    optional first-stage scores of the candidates (positive first), detached and added to the
-    cross encoder's scores times ``cross_encoder.prior_weight``.
+    optional first-stage scores of the candidates (positive first), added to the cross encoder's
+    scores times ``cross_encoder.prior_weight``; detached unless ``detach_prior`` is False, in
+    which case the loss also trains whatever produced them.
 
     Logits (G, 1+k) = [score(positive), score(negatives)], invalid negatives at -inf;
     cross-entropy with target 0 on every row that has at least one valid negative, averaged over
@@ -219,7 +221,8 @@ def pairwise_matching_loss(
         product_tokens.repeat_interleave(1 + k, dim=0), clip_tokens[clips], None if clip_keep is None else clip_keep[clips]
     ).reshape(G, 1 + k)
     if prior is not None:  # invalid slots hold any value: they are masked below
-        pair_scores = pair_scores + cross_encoder.prior_weight * prior.detach().to(pair_scores.dtype)
+        prior = prior.detach() if detach_prior else prior
+        pair_scores = pair_scores + cross_encoder.prior_weight * prior.to(pair_scores.dtype)
     logits = pair_scores.float().masked_fill(~scored, float("-inf"))
     target = torch.zeros(G, dtype=torch.long, device=logits.device)
     per_row = F.cross_entropy(logits, target, reduction="none")  # 0 for a row without a negative

@@ -298,10 +298,11 @@ class SGMN(RetrievalModel):
         prior = None
         if self.config.smf_score_prior:  # S of each (product, candidate clip), positive first
             candidates = torch.cat([positives[:, None], negatives.indices.clamp(min=0)], dim=1)
-            prior = scores.detach().t().gather(1, candidates)[rows]
+            prior = scores.t().gather(1, candidates)[rows]
         local = pairwise_matching_loss(
             self.cross, product_tokens, clip_tokens, keep, positives[rows], negatives.indices[rows], negatives.valid[rows],
             prior=prior, num_rows=negatives.valid.any(dim=1).sum(),  # the global mean's denominator
+            detach_prior=not self.config.smf_prior_gradient,
         )
         return sum_of_shards(local)
 
