@@ -84,6 +84,8 @@ ALTERNATIVES = {  # effect name -> the model with the other design
     "TGA as a CLS mix": ModelSpec("SGMN, TGA as a CLS mix (α₀ 0.1)", "sgmn-tiny",
                                   (("tga_mode", "mix"), ("tga_mix_init", 0.1))),
     "L_pair through S": ModelSpec("SGMN, L_pair also trains S", "sgmn-tiny", (("smf_prior_gradient", True),)),
+    # TGA's bias on every layer of the tiny tower (3), not only the last: does moving v more help?
+    "TGA on every layer": ModelSpec("SGMN, TGA biases all 3 layers", "sgmn-tiny", (("tga_bias_layers", 3),)),
 }
 MODELS: tuple[ModelSpec, ...] = (CLIP_MEANPOOL, RICE, FULL, *ABLATIONS.values(), *ALTERNATIVES.values(), SCRATCH)
 # effect name -> the model full SGMN is compared with (paired difference SGMN − it)

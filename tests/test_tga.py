@@ -271,3 +271,75 @@ def test_a_model_saved_before_tga_mode_existed_loads_as_the_mix_it_was_trained_w
         torch.testing.assert_close(loaded._encode_clip_tensors(frames, frame_mask, None, asr, mask)["v"],
                                    old._encode_clip_tensors(frames, frame_mask, None, asr, mask)["v"])
     assert create_model("sgmn-tiny").config.tga_mode == "attention_bias"  # new models get the new default
+
+
+# ---- tga_bias_layers: the bias on more than the last layer ------------------------------------------
+def test_bias_over_more_layers_starts_earlier_and_zero_bias_still_changes_nothing():
+    torch.manual_seed(0)
+    backbone = create_model("sgmn-tiny").backbone.eval()
+    S, N = backbone.config.image_size, backbone.config.num_tokens
+    L = len(backbone.vision_model.encoder.layers)
+    pixels = torch.randn(2, 3, S, S)
+    with torch.no_grad():
+        plain = backbone(pixels)
+        seen = {}
+
+        def guide_with(bias, k):
+            def guide(hidden):
+                seen[k] = hidden.clone()
+                return bias, torch.zeros(2, N - 1)
+            return guide
+
+        zero, _ = backbone(pixels, None, guide_with(torch.zeros(2, N - 1), "zero"), guide_layers=L)
+        bias = torch.zeros(2, N - 1)
+        bias[:, 3] = 8.0
+        last, _ = backbone(pixels, None, guide_with(bias, 1), guide_layers=1)
+        two, _ = backbone(pixels, None, guide_with(bias, 2), guide_layers=2)
+    torch.testing.assert_close(zero, plain, atol=1e-5, rtol=1e-5)
+    # the guide reads the tokens entering the first biased layer: the embeddings when all are biased
+    tower = backbone.vision_model
+    with torch.no_grad():
+        embedded = tower.pre_layrnorm(tower.embeddings(pixels))
+    torch.testing.assert_close(seen["zero"], embedded)
+    assert (seen[1] - seen[2]).abs().max() > 1e-3
+    # biasing two layers steers the CLS further, and the patch tokens of the last layer now read a
+    # steered CLS, so they move too (with one layer they are exactly the unguided ones)
+    torch.testing.assert_close(last[:, 1:], plain[:, 1:], atol=1e-5, rtol=1e-5)
+    assert (two[:, 1:] - plain[:, 1:]).abs().max() > 1e-3
+    assert (two[:, 0] - last[:, 0]).abs().max() > 1e-3
+
+
+def test_bias_layers_out_of_range_are_refused():
+    import pytest
+
+    backbone = create_model("sgmn-tiny").backbone.eval()
+    S, N = backbone.config.image_size, backbone.config.num_tokens
+    L = len(backbone.vision_model.encoder.layers)
+    guide = lambda h: (torch.zeros(1, N - 1), torch.zeros(1, N - 1))  # noqa: E731
+    for bad in (0, L + 1):
+        with pytest.raises(ValueError, match="guide_layers"):
+            backbone(torch.randn(1, 3, S, S), None, guide, guide_layers=bad)
+    with pytest.raises(ValueError, match="tga_bias_layers"):
+        create_model("sgmn-tiny", tga_bias_layers=0)
+
+
+def test_bias_on_every_layer_without_text_equals_no_tga_and_moves_v_more_than_on_the_last():
+    torch.manual_seed(0)
+    deep = create_model("sgmn-tiny", tga_bias_layers=3).eval()
+    shallow = create_model("sgmn-tiny").eval()
+    plain = create_model("sgmn-tiny", use_tga=False).eval()
+    state = deep.state_dict()
+    shallow.load_state_dict(state)
+    plain.load_state_dict({k: v for k, v in state.items() if not k.startswith("tga.")})
+    frames, frame_mask, asr = _clip_inputs(deep)
+    asr_mask = torch.tensor([True, True, False])
+    with torch.no_grad():
+        for m in (deep, shallow):
+            m.tga.strength.fill_(3.0)
+        v_deep = deep._encode_clip_tensors(frames, frame_mask, None, asr, asr_mask)["v"]
+        v_shallow = shallow._encode_clip_tensors(frames, frame_mask, None, asr, asr_mask)["v"]
+        v_plain = plain._encode_clip_tensors(frames, frame_mask, None, asr, asr_mask)["v"]
+    torch.testing.assert_close(v_deep[2], v_plain[2])  # no ASR: exactly the model without TGA
+    moved = lambda v: (v[:2] - v_plain[:2]).norm(dim=-1)  # noqa: E731
+    assert torch.all(moved(v_deep) > moved(v_shallow))
+    assert deep.tga.layers == 3 and deep.config.tga_bias_layers == 3

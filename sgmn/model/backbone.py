@@ -156,7 +156,8 @@ class VisionBackbone(nn.Module):
         return additive.clamp(min=torch.finfo(dtype).min).to(dtype)
 
     def forward(
-        self, pixels: torch.Tensor, keep_mask: Optional[torch.Tensor] = None, guide: Optional[Any] = None
+        self, pixels: torch.Tensor, keep_mask: Optional[torch.Tensor] = None, guide: Optional[Any] = None,
+        guide_layers: int = 1,
     ) -> torch.Tensor:
         """pixels (M, 3, S, S) CLIP-normalised; keep_mask (M, N) bool, True = visible token.
 
@@ -164,9 +165,9 @@ class VisionBackbone(nn.Module):
         A masked patch is never a key, so it cannot influence any kept token in any layer.
 
         ``guide`` (text-guided attention as a bias, :class:`sgmn.model.tga.TextGuidedCLSBias`):
-        a callable taking the (M, N, width) tokens that enter the last layer and returning
-        (bias (M, N-1), map (M, N-1)); the bias is added to the last layer's CLS-query scores of
-        the patch keys. Then ``(tokens, map)`` is returned.
+        a callable taking the (M, N, width) tokens that enter the first of the last ``guide_layers``
+        layers and returning (bias (M, N-1), map (M, N-1)); the bias is added to the CLS-query
+        scores of the patch keys in each of those layers. Then ``(tokens, map)`` is returned.
         """
         tower = self.vision_model
         hidden = tower.embeddings(pixels)
@@ -177,9 +178,11 @@ class VisionBackbone(nn.Module):
             mask = self._attention_mask(keep_mask, hidden)
         checkpointing = self.activation_checkpointing and torch.is_grad_enabled() and self.training
         layers = tower.encoder.layers
+        if guide is not None and not 1 <= guide_layers <= len(layers):
+            raise ValueError(f"guide_layers must be in [1, {len(layers)}] (the backbone's layers), got {guide_layers}")
         guide_map = None
         for i, layer in enumerate(layers):
-            if guide is not None and i == len(layers) - 1:
+            if guide is not None and i == len(layers) - guide_layers:
                 bias, guide_map = guide(hidden)
                 mask = self._cls_biased_mask(keep_mask, bias, hidden)
             if checkpointing:

@@ -89,6 +89,7 @@ class SGMNConfig:
     tga_mode: Literal["attention_bias", "mix"] = "attention_bias"
     tga_mix_init: float = 0.5  # "mix": initial share alpha of the summary in a frame feature
     tga_bias_init: float = 1.0  # "attention_bias": initial strength beta of the bias beta * log(P * map)
+    tga_bias_layers: int = 1  # "attention_bias": how many of the backbone's last layers get the bias
     # Detector-assisted mode: patches outside the product's box are masked out of the backbone,
     # in training AND for queries that have boxes (evaluation). Off by default: a real query has
     # no box, so training must see the same unmasked frames (boxes then only feed losses.box).

@@ -88,7 +88,8 @@ def run_backbone_on_real_frames(
     frame_query = select(query[:, None].expand(B, T, query.shape[-1]))
     frame_has_text = select(has_text.bool()[:, None].expand(B, T))
     patch_keep = select(patch_mask)[:, 1:] if patch_mask is not None else None
-    tokens, attn = backbone(select(frames), keep, lambda hidden: module(hidden, frame_query, frame_has_text, patch_keep))
+    tokens, attn = backbone(select(frames), keep, lambda hidden: module(hidden, frame_query, frame_has_text, patch_keep),
+                            guide_layers=module.layers)
     return place(tokens), place(attn)
 
 
@@ -135,7 +136,7 @@ class SGMN(RetrievalModel):
         # TGA needs a text query, so it only exists together with the text branch.
         def make_tga():
             if config.tga_mode == "attention_bias":
-                return TextGuidedCLSBias(config.vision.width, d, config.tga_bias_init)
+                return TextGuidedCLSBias(config.vision.width, d, config.tga_bias_init, layers=config.tga_bias_layers)
             if config.tga_mode == "mix":
                 return TextGuidedAttention(d, config.tga_mix_init)
             raise ValueError(f"unknown tga_mode {config.tga_mode!r} (expected 'attention_bias' or 'mix')")
@@ -200,7 +201,8 @@ class SGMN(RetrievalModel):
         biased = isinstance(self.tga_product, TextGuidedCLSBias)
         if biased:
             query = self.tga_product.text_query(t_raw)
-            tokens, attention = self.backbone(pixels, None, lambda hidden: self.tga_product(hidden, query, title_mask))
+            tokens, attention = self.backbone(pixels, None, lambda hidden: self.tga_product(hidden, query, title_mask),
+                                              guide_layers=self.tga_product.layers)
         else:
             tokens = self.backbone(pixels, None)
         cls = tokens[:, 0]

@@ -134,11 +134,12 @@ def attention_grid(attn: torch.Tensor) -> torch.Tensor:
 
 class TextGuidedCLSBias(nn.Module):
     """TGA as an attention bias: the text's map over patches steers where CLS looks in the
-    backbone's last layer (``SGMNConfig.tga_mode = "attention_bias"``).
+    backbone's last layer, or last ``layers`` layers (``SGMNConfig.tga_mode = "attention_bias"``,
+    ``tga_bias_layers``).
 
-    The map is computed as in :class:`TextGuidedAttention`, from the tokens that enter the last
-    layer: a query from the text scores the patch tokens, a softmax over the kept patches gives
-    the map. The last layer's CLS query then gets an additive bias ``beta * log(P_kept * map)``
+    The map is computed as in :class:`TextGuidedAttention`, from the tokens that enter the first
+    biased layer: a query from the text scores the patch tokens, a softmax over the kept patches
+    gives the map. Each biased layer's CLS query then gets an additive bias ``beta * log(P_kept * map)``
     on its patch keys: 0 for a uniform map, positive on the patches the text picks, negative
     elsewhere; ``beta`` (learned, 1 at start) sets how strongly. The frame feature is still the
     backbone's own CLS, in the same space as a shop image's CLS, but pooled from where the text
@@ -150,9 +151,12 @@ class TextGuidedCLSBias(nn.Module):
     exactly the unguided one) and an all-zero map; masked patches get map weight exactly 0.
     """
 
-    def __init__(self, width: int, dim: int, strength_init: float = 1.0, ln_eps: float = 1e-5):
+    def __init__(self, width: int, dim: int, strength_init: float = 1.0, ln_eps: float = 1e-5, layers: int = 1):
         super().__init__()
         self.dim = dim
+        if layers < 1:
+            raise ValueError(f"tga_bias_layers must be at least 1, got {layers}")
+        self.layers = layers  # the backbone's last `layers` layers get the bias (see VisionBackbone.forward)
         self.norm_text = nn.LayerNorm(dim, eps=ln_eps)
         self.norm_patch = nn.LayerNorm(width, eps=ln_eps)
         self.query = nn.Linear(dim, dim)
