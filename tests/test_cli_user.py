@@ -301,8 +301,9 @@ def test_query_answers_exactly_as_the_transformers_models(store_with_siblings, m
         tower = _innermost_vision(hf)
         tower.load_state_dict(backbone.vision_model.state_dict())
 
-        def transformers_forward(pixels, keep_mask=None, guide=None):
+        def transformers_forward(pixels, keep_mask=None, guide=None, guide_layers=1):
             assert keep_mask is None or bool(keep_mask.all())
+            assert guide_layers == 1  # the default: the guide biases the last layer only
             if guide is None:
                 return backbone.proj(tower.post_layernorm(hf(pixel_values=pixels).last_hidden_state))
             # text-guided attention (tga_mode attention_bias): transformers' last layer with the

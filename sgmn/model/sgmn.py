@@ -52,8 +52,8 @@ def run_backbone_on_real_frames(
     TDB masking (``temporal_published_mask``) the first padded frame's feature reaches the clip
     embedding, so reproducing an imported checkpoint's scores needs it.
 
-    ``guide`` = (TextGuidedCLSBias, query (B, d), has_text (B,)): the text steers the last layer's
-    CLS in every frame of its clip; then ``(tokens, map (B,T,N-1))`` is returned (padding: zeros).
+    ``guide`` = (TextGuidedCLSBias, query (B, d), has_text (B,)): the text steers the CLS of the
+    last layer (or the module's last ``layers`` layers) in every frame of its clip; then ``(tokens, map (B,T,N-1))`` is returned (padding: zeros).
     """
     B, T = frames.shape[:2]
     if include_padding or (frames.is_cuda if compute_padding is None else compute_padding):
