@@ -53,7 +53,8 @@ def run_backbone_on_real_frames(
     embedding, so reproducing an imported checkpoint's scores needs it.
 
     ``guide`` = (TextGuidedCLSBias, query (B, d), has_text (B,)): the text steers the CLS of the
-    last layer (or the module's last ``layers`` layers) in every frame of its clip; then ``(tokens, map (B,T,N-1))`` is returned (padding: zeros).
+    last layer (or the module's last ``layers`` layers) in every frame of its clip; then
+    ``(tokens, map (B,T,N-1))`` is returned (padding: zeros).
     """
     B, T = frames.shape[:2]
     if include_padding or (frames.is_cuda if compute_padding is None else compute_padding):
