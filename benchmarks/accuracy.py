@@ -10,8 +10,9 @@ What it does, every model with the same data, training budget and seeds:
 1. ``sgmn pretrain`` once (``sgmn.train.pretrain``, cached): the tiny vision tower and text
    projection pretrained image-title contrastively on synthetic shops disjoint from every room here;
 2. on the presets ``easy``, ``default`` and ``hard``: ``clip-meanpool``, ``rice-icl`` (full mode),
-   full SGMN and SGMN without each of TGA, TDB, GCI, SMF and the text branch, every one fine-tuned
-   from that checkpoint (``model.vision.pretrained``; ``sgmn train``'s recipe then is the paper's,
+   full SGMN and SGMN without each of TGA, TDB, GCI, SMF and the text branch, other designs of a
+   component (``ALTERNATIVES``) and pairs that measure a component in another setting
+   (``DIAGNOSTICS``), every one fine-tuned from that checkpoint (``model.vision.pretrained``; ``sgmn train``'s recipe then is the paper's,
    with the backbone learning-rate factor ``FINETUNE`` that ``recipe_selection.py`` selected),
    plus full SGMN from random weights (the ``scratch`` recipe) for comparison. Training is
    ``sgmn.train.loop.train``; each saved epoch on the curve is scored on the test split with
@@ -87,7 +88,19 @@ ALTERNATIVES = {  # effect name -> the model with the other design
     # TGA's bias on every layer of the tiny tower (3), not only the last: does moving v more help?
     "TGA on every layer": ModelSpec("SGMN, TGA biases all 3 layers", "sgmn-tiny", (("tga_bias_layers", 3),)),
 }
-MODELS: tuple[ModelSpec, ...] = (CLIP_MEANPOOL, RICE, FULL, *ABLATIONS.values(), *ALTERNATIVES.values(), SCRATCH)
+# A component measured in another setting than full SGMN: a pair of models that differ in it alone
+# (paired rows in the effects table: "with − without"), to find out why it earns what it does there.
+NO_TEXT_TERM = (("text_weight", 0.0), ("losses.txt", 0.0))
+DIAGNOSTICS = {  # effect name -> (the model with the component, the same model without it)
+    # With no text term in the score and no L_txt, TGA is the ASR's only way into the score (besides
+    # SMF, which scores nothing at inference): does it earn there what it cannot add beside the text?
+    "TGA where the score has no text term": (
+        ModelSpec("SGMN, no text term", "sgmn-tiny", NO_TEXT_TERM),
+        ModelSpec("SGMN, no text term, − TGA", "sgmn-tiny", (*NO_TEXT_TERM, ("use_tga", False))),
+    ),
+}
+MODELS: tuple[ModelSpec, ...] = (CLIP_MEANPOOL, RICE, FULL, *ABLATIONS.values(), *ALTERNATIVES.values(),
+                                 *(m for pair in DIAGNOSTICS.values() for m in pair), SCRATCH)
 # effect name -> the model full SGMN is compared with (paired difference SGMN − it)
 EFFECTS = {**{k: m.label for k, m in ABLATIONS.items()}, "vs_clip_meanpool": CLIP_MEANPOOL.label}
 # Issue 9 goal 5: the preset whose difficulty knob each component targets. `hard` raises every
@@ -629,7 +642,8 @@ def render(cfg: AccuracyConfig, rows: list[dict], knob_rows: list[dict], doc: di
         out += [f"![R@1 per model and preset, 95% CIs]({plots['models']})", ""]
 
     out += ["### What each component earns: paired differences in R@1 points, 95% CIs", "",
-            "Full SGMN minus the model named (positive: SGMN is better; the CI excludes 0 when it is bold).", ""]
+            "Full SGMN minus the model named (positive: SGMN is better; the CI excludes 0 when it is bold); a "
+            "diagnostic row, the first model named minus the second.", ""]
     etable = []
     for name in EFFECTS:
         cells = []
@@ -641,6 +655,11 @@ def render(cfg: AccuracyConfig, rows: list[dict], knob_rows: list[dict], doc: di
         if spec.label in models:
             cells = [_bold_if_clear(paired_effect(rows, p, FULL.label, spec.label, cfg.n_boot)) for p in cfg.presets]
             etable.append([f"default design vs {name} (SGMN − {spec.label})", *cells])
+    for name, (with_it, without_it) in DIAGNOSTICS.items():
+        if with_it.label in models and without_it.label in models:
+            cells = [_bold_if_clear(paired_effect(rows, p, with_it.label, without_it.label, cfg.n_boot))
+                     for p in cfg.presets]
+            etable.append([f"{name} ({with_it.label} − {without_it.label})", *cells])
     scratch = [paired_effect(rows, p, FULL.label, SCRATCH.label, cfg.n_boot) if SCRATCH.label in models else None
                for p in cfg.presets]
     if any(scratch):

@@ -297,6 +297,23 @@ def test_accuracy_benchmark_fine_tunes_with_the_selected_recipe():
     assert accuracy.mode_config("standard").finetune == accuracy.FINETUNE
 
 
+def test_each_diagnostic_pair_differs_in_its_component_alone_and_builds():
+    from sgmn.model.registry import create_model
+
+    standard = {m.label for m in accuracy.mode_config("standard").models}
+    for name, (with_it, without_it) in accuracy.DIAGNOSTICS.items():
+        assert {with_it.label, without_it.label} <= standard, name
+        extra = set(without_it.overrides) - set(with_it.overrides)
+        assert set(with_it.overrides) < set(without_it.overrides) and len(extra) == 1, name
+        (field, value), = extra
+        assert field.startswith("use_") and value is False, name
+    # the no-text-term pair: TGA still reads the ASR, but no text term reaches the score or the loss
+    with_it, without_it = accuracy.DIAGNOSTICS["TGA where the score has no text term"]
+    model = create_model(with_it.variant, **with_it.overrides_dict())
+    assert model.tga is not None and model.config.text_weight == 0.0 and model.config.losses.txt == 0.0
+    assert create_model(without_it.variant, **without_it.overrides_dict()).tga is None
+
+
 def test_smf_probe_trains_only_the_cross_encoder_and_writes_its_section(tmp_path):
     import smf_probe
 
