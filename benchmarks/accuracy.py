@@ -63,6 +63,7 @@ class ModelSpec:
     variant: str
     overrides: tuple[tuple[str, object], ...] = ()
     start: str = "pretrain"  # "pretrain": fine-tuned from the `sgmn pretrain` checkpoint; "scratch": random init
+    train: tuple[tuple[str, object], ...] = ()  # TrainConfig fields this model alone trains with
 
     def overrides_dict(self) -> dict:
         return dict(self.overrides)
@@ -91,12 +92,20 @@ ALTERNATIVES = {  # effect name -> the model with the other design
 # A component measured in another setting than full SGMN: a pair of models that differ in it alone
 # (paired rows in the effects table: "with − without"), to find out why it earns what it does there.
 NO_TEXT_TERM = (("text_weight", 0.0), ("losses.txt", 0.0))
+# Twice the batch for twice the epochs: about as many optimiser steps as every other model.
+BATCH_32 = (("batch_size", 32), ("epochs", 16))
 DIAGNOSTICS = {  # effect name -> (the model with the component, the same model without it)
     # With no text term in the score and no L_txt, TGA is the ASR's only way into the score (besides
     # SMF, which scores nothing at inference): does it earn there what it cannot add beside the text?
     "TGA where the score has no text term": (
         ModelSpec("SGMN, no text term", "sgmn-tiny", NO_TEXT_TERM),
         ModelSpec("SGMN, no text term, − TGA", "sgmn-tiny", (*NO_TEXT_TERM, ("use_tga", False))),
+    ),
+    # GCI's graph links the clips and products of one batch; at batch 16 its triplets are L_base's.
+    # Does a graph twice as large give it something to add?
+    "GCI at batch 32": (
+        ModelSpec("SGMN, batch 32", "sgmn-tiny", train=BATCH_32),
+        ModelSpec("SGMN − GCI, batch 32", "sgmn-tiny", (("use_gci", False),), train=BATCH_32),
     ),
 }
 MODELS: tuple[ModelSpec, ...] = (CLIP_MEANPOOL, RICE, FULL, *ABLATIONS.values(), *ALTERNATIVES.values(),
@@ -237,7 +246,8 @@ def query_hits(rankings: dict, ground_truth: dict) -> dict:
 def train_config(cfg: AccuracyConfig, spec: ModelSpec, seed: int):
     from sgmn.train.config import TrainConfig
 
-    return TrainConfig(**{**cfg.train, **(cfg.finetune if spec.start == "pretrain" else {})}, seed=seed)
+    return TrainConfig(**{**cfg.train, **(cfg.finetune if spec.start == "pretrain" else {}), **dict(spec.train)},
+                       seed=seed)
 
 
 def run_key(cfg: AccuracyConfig, spec: ModelSpec, synth, pretrain_key: Optional[str]) -> str:
@@ -594,6 +604,7 @@ def render(cfg: AccuracyConfig, rows: list[dict], knob_rows: list[dict], doc: di
            f"the runs' own CPU time adds up to {cpu / 60:.1f} CPU-min.", "",
            common.machine_markdown(info), ""]
     train_cfg = TrainConfig(**cfg.train)
+    own_budget = {m.label: m.train for m in cfg.models if m.train}  # models that train otherwise
     pinfo = pretrained["info"]
     zs = pinfo.get("zero_shot") or {}
     recipes = sorted({(r["start"], json.dumps(r["recipe"], sort_keys=True)) for r in rows})
@@ -604,7 +615,8 @@ def render(cfg: AccuracyConfig, rows: list[dict], knob_rows: list[dict], doc: di
         f"(seed {pinfo['synthetic']['seed']}, disjoint from every room here), {pinfo['steps']} steps"
         + (f", zero-shot image → title R@1 within a held-out shop {zs.get('shop_image_to_title_R@1', float('nan')):.1f} "
            f"(frames {zs.get('frame_to_title_R@1', float('nan')):.1f}; chance {zs.get('chance_R@1', float('nan')):.1f})"
-           if zs else "") + f"; key `{pretrained['key']}`. Same data, budget and seeds for every model; evaluated "
+           if zs else "") + f"; key `{pretrained['key']}`. Same data, budget and seeds for every model"
+        + (" (but those trained otherwise, listed below)" if own_budget else "") + "; evaluated "
         "with the per-room protocol (video mode, main image; a query ranks only its own room's products), on the "
         "last epoch (no checkpoint is picked on test).", "",
         f"- seeds: {list(cfg.seeds)} (a seed fixes the synthetic data and the training)",
@@ -615,6 +627,11 @@ def render(cfg: AccuracyConfig, rows: list[dict], knob_rows: list[dict], doc: di
         + (f" (fine-tuned models: `sgmn train`'s recipe with `{json.dumps(cfg.finetune)}`, the candidate "
            "`benchmarks/recipe_selection.py` selected on seeds this page never reports; see its section below)"
            if cfg.finetune else " (`sgmn train`'s recipes)"),
+        *[f"- trained otherwise: {', '.join(f'`{m}`' for m in own_budget if own_budget[m] == budget)} with "
+          f"`{json.dumps(dict(budget))}`, optimiser steps "
+          + " / ".join(f"{statistics.fmean(x['steps'] for x in rows if x['preset'] == p and own_budget.get(x['model']) == budget):.0f}"
+                       for p in cfg.presets) + f" ({' / '.join(cfg.presets)})"
+          for budget in dict.fromkeys(own_budget.values())],
         f"- synthetic data: the presets with these sizes replaced: `{json.dumps(cfg.data_overrides)}`"
         if cfg.data_overrides else "- synthetic data: the presets at their own sizes",
         f"- 95% CIs: bootstrap ({cfg.n_boot} replicates) over seeds and, within each drawn seed, over queries; "
@@ -625,7 +642,7 @@ def render(cfg: AccuracyConfig, rows: list[dict], knob_rows: list[dict], doc: di
     for p in cfg.presets:
         r = next(r for r in rows if r["preset"] == p)
         s = r["synth"]
-        steps = statistics.fmean(x["steps"] for x in rows if x["preset"] == p)
+        steps = statistics.fmean(x["steps"] for x in rows if x["preset"] == p and x["model"] not in own_budget)
         sizes.append([p, f"{s['rooms']} × {s['products_per_room']}", s["clips_per_product"],
                       f"{r['num_queries']} × {len(cfg.seeds)} seeds", f"{s['frames_per_clip']} × {s['image_size']} px",
                       s["distractors"], s["domain_gap"], s["fine_grained"], s["asr_informativeness"], s["asr_missing"],
@@ -683,12 +700,16 @@ def render(cfg: AccuracyConfig, rows: list[dict], knob_rows: list[dict], doc: di
             "Test R@1 after each scored epoch, mean over seeds. The change over the last scored interval says whether "
             "the budget was enough for the curve to flatten:", ""]
     flat = []
+    header_epochs = curve_means(rows, cfg.presets[0], models[0])[0]
     for p in cfg.presets:
         for m in models:
             epochs, means = curve_means(rows, p, m)
             if len(epochs) >= 2:
-                flat.append([p, m, " → ".join(f"{v:.1f}" for v in means), f"{means[-1] - means[-2]:+.1f}"])
-    out += [common.markdown_table(["preset", "model", "test R@1 per scored epoch " + str(curve_means(rows, cfg.presets[0], models[0])[0]),
+                shown = " → ".join(f"{v:.1f}" for v in means)
+                if epochs != header_epochs:
+                    shown += f" (epochs {epochs})"
+                flat.append([p, m, shown, f"{means[-1] - means[-2]:+.1f}"])
+    out += [common.markdown_table(["preset", "model", "test R@1 per scored epoch " + str(header_epochs),
                                    "last interval"], flat), ""]
     if plots.get("curves"):
         out += [f"![test R@1 per epoch]({plots['curves']})", ""]
@@ -757,7 +778,8 @@ def run(cfg: AccuracyConfig, doc: Path, img_dir: Path, out: Path, command: Optio
     plots = {}
     labels = [m.label for m in cfg.models]
     for name, fn, args in (("models", plot_models, (result_doc, cfg.presets, labels)),
-                           ("curves", plot_curves, (rows, cfg.presets, labels)),
+                           # (on one epoch axis: the models trained for other epochs are in the table)
+                           ("curves", plot_curves, (rows, cfg.presets, [m.label for m in cfg.models if not m.train])),
                            ("knobs", plot_knobs, (knob_rows, list(cfg.knob_values), [m.label for m in cfg.knob_models]))):
         if name == "knobs" and not knob_rows:
             continue

@@ -305,6 +305,7 @@ def test_each_diagnostic_pair_differs_in_its_component_alone_and_builds():
         assert {with_it.label, without_it.label} <= standard, name
         extra = set(without_it.overrides) - set(with_it.overrides)
         assert set(with_it.overrides) < set(without_it.overrides) and len(extra) == 1, name
+        assert with_it.train == without_it.train, name  # the same budget for both of a pair
         (field, value), = extra
         assert field.startswith("use_") and value is False, name
     # the no-text-term pair: TGA still reads the ASR, but no text term reaches the score or the loss
