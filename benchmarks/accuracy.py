@@ -286,7 +286,8 @@ def run_one(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path, pretrained: 
     key = run_key(cfg, spec, synth, pretrained and pretrained["key"])
     cached = out / "results" / f"{key}.json"
     if cached.exists():
-        return {**json.loads(cached.read_text()), "from_cache": True}
+        # The key is the training, not the name: the same run may be read under another spec's label.
+        return {**json.loads(cached.read_text()), "model": spec.label, "from_cache": True}
 
     run_dir = out / "runs" / key
     cpu0, t0 = time.process_time(), time.perf_counter()

@@ -6,6 +6,7 @@ Every run writes into tmp_path: the repository's docs/benchmarks.md is never tou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -229,6 +230,12 @@ def test_accuracy_smoke_trains_every_model_and_writes_its_section(tmp_path):
     assert [r["hits@1"] for r in again["main"]] == [r["hits@1"] for r in rows]
     assert all(r["from_cache"] for r in again["main"]) and not any(r["from_cache"] for r in rows)
     assert "runs were read from the results cache" in doc.read_text()
+    # a cached run read under another label (another script's name for the same training) takes that label
+    synth = accuracy.synth_config(cfg, cfg.presets[0], cfg.seeds[0])
+    renamed = dataclasses.replace(accuracy.FULL, label="full SGMN, another name")
+    row = accuracy.run_one(cfg, renamed, synth, out, accuracy.ensure_pretrain(cfg, out))
+    assert row["from_cache"] and row["model"] == "full SGMN, another name"
+    assert row["hits@1"] == next(r["hits@1"] for r in rows if r["model"] == "SGMN" and r["seed"] == cfg.seeds[0])
 
     # the breakdown by kind of query reads these results; its re-test trains SGMN and the ablation
     # of a lead on fresh seeds, the way this benchmark does
@@ -313,6 +320,28 @@ def test_each_diagnostic_pair_differs_in_its_component_alone_and_builds():
     model = create_model(with_it.variant, **with_it.overrides_dict())
     assert model.tga is not None and model.config.text_weight == 0.0 and model.config.losses.txt == 0.0
     assert create_model(without_it.variant, **without_it.overrides_dict()).tga is None
+
+
+def test_gci_probe_pairs_each_variant_against_no_gci_and_writes_its_section(tmp_path):
+    import gci_probe
+
+    # the full probe: every variant trains with the diagnostic pair's budget and differs from full GCI
+    # in config only, on seeds the accuracy benchmark never reports
+    assert not set(gci_probe.SELECTION_SEEDS) & set(accuracy.mode_config("standard").seeds)
+    assert all(spec.train == gci_probe.WITHOUT.train == accuracy.BATCH_32 for spec, _ in gci_probe.VARIANTS.values())
+    doc, json_path = tmp_path / "benchmarks.md", tmp_path / "gci_probe.json"
+    gci_probe.main(["--smoke", "--doc", str(doc), "--json", str(json_path), "--out", str(tmp_path / "out")])
+    result = json.loads(json_path.read_text())
+    assert set(result["variants"]) == {"full GCI", "L_reg alone"}
+    base = result["baseline"]
+    assert base["model"] == gci_probe.WITHOUT.label and len(base["per_seed"]) == 1
+    for v in result["variants"].values():
+        # one seed: the paired difference is the difference of the two runs' R@1 on the same queries
+        assert v["vs_no_gci"]["mean"] == pytest.approx(v["per_seed"][0] - base["per_seed"][0])
+        lo, hi = v["vs_no_gci"]["ci95"]
+        assert lo <= v["vs_no_gci"]["mean"] <= hi
+    text = doc.read_text()
+    assert "<!-- gci-probe:start -->" in text and "--smoke" in text and "L_reg alone" in text
 
 
 def test_smf_probe_trains_only_the_cross_encoder_and_writes_its_section(tmp_path):
