@@ -750,6 +750,27 @@ def _backbone_words() -> str:
             f"d = {c.embed_dim}; {c.num_frames} frames per clip")
 
 
+# ---------------------------------------------------------------- scripts built on this one
+def selection_script_args(description: str, json_path: Path, smoke_help: str,
+                          argv: Optional[list[str]]) -> tuple[argparse.Namespace, Optional[int]]:
+    """The command line of a script that trains on the accuracy benchmark's code path and cache
+    (``--smoke``, ``--jobs``, ``--doc``, ``--json``, ``--out``), parsed; torch's threads set to 1
+    per process when runs go in parallel. Returns (args, threads per run or None)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    parser.add_argument("--jobs", type=int, default=1, help="training runs in parallel processes (2 on 2 cores)")
+    parser.add_argument("--doc", type=Path, default=common.DOC)
+    parser.add_argument("--json", type=Path, default=json_path)
+    parser.add_argument("--out", type=Path, default=common.OUT_DIR / "accuracy", help="shared with accuracy.py")
+    args = parser.parse_args(argv)
+    import torch
+
+    threads = 1 if args.jobs > 1 else None
+    if threads:
+        torch.set_num_threads(threads)
+    return args, threads
+
+
 # ---------------------------------------------------------------- main
 def run(cfg: AccuracyConfig, doc: Path, img_dir: Path, out: Path, command: Optional[str] = None,
         json_path: Path = JSON_PATH, jobs: int = 1, threads: Optional[int] = None) -> dict:

@@ -19,7 +19,7 @@ Writes the ``gci-probe`` section of docs/benchmarks.md and docs/benchmarks/gci_p
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -116,25 +116,15 @@ def run(cfg: accuracy.AccuracyConfig, variants: dict, baseline: accuracy.ModelSp
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="two variants at the accuracy smoke sizes and budget")
-    parser.add_argument("--jobs", type=int, default=1, help="training runs in parallel processes (2 on 2 cores)")
-    parser.add_argument("--doc", type=Path, default=common.DOC)
-    parser.add_argument("--json", type=Path, default=JSON_PATH)
-    parser.add_argument("--out", type=Path, default=common.OUT_DIR / "accuracy", help="shared with accuracy.py")
-    args = parser.parse_args(argv)
-    import torch
-
-    threads = 1 if args.jobs > 1 else None
-    if threads:
-        torch.set_num_threads(threads)
+    args, threads = accuracy.selection_script_args(
+        __doc__.split("\n")[0], JSON_PATH, "two variants at the accuracy smoke sizes and budget", argv)
     variants, baseline = VARIANTS, WITHOUT
     if args.smoke:
         # the smoke sets are too small for batch 32: the smoke budget, one seed, two variants
         cfg, seeds, preset = accuracy.mode_config("smoke"), SELECTION_SEEDS[:1], "easy"
-        variants = {k: (accuracy.dataclasses.replace(spec, train=()), removes)
+        variants = {k: (dataclasses.replace(spec, train=()), removes)
                     for k, (spec, removes) in VARIANTS.items() if k in ("full GCI", "L_reg alone")}
-        baseline = accuracy.dataclasses.replace(WITHOUT, train=())
+        baseline = dataclasses.replace(WITHOUT, train=())
     else:
         cfg, seeds, preset = accuracy.mode_config("standard"), SELECTION_SEEDS, PRESET
     command = common.command_line() if argv is None else "python benchmarks/gci_probe.py " + " ".join(argv)

@@ -19,7 +19,6 @@ Writes the ``recipe-selection`` section of docs/benchmarks.md and docs/benchmark
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
@@ -124,18 +123,8 @@ def run(cfg: accuracy.AccuracyConfig, candidates: dict, seeds, doc: Path, json_p
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="two candidates at the accuracy smoke sizes")
-    parser.add_argument("--jobs", type=int, default=1, help="training runs in parallel processes (2 on 2 cores)")
-    parser.add_argument("--doc", type=Path, default=common.DOC)
-    parser.add_argument("--json", type=Path, default=JSON_PATH)
-    parser.add_argument("--out", type=Path, default=common.OUT_DIR / "accuracy", help="shared with accuracy.py")
-    args = parser.parse_args(argv)
-    import torch
-
-    threads = 1 if args.jobs > 1 else None
-    if threads:
-        torch.set_num_threads(threads)
+    args, threads = accuracy.selection_script_args(
+        __doc__.split("\n")[0], JSON_PATH, "two candidates at the accuracy smoke sizes", argv)
     if args.smoke:
         cfg, seeds = accuracy.mode_config("smoke"), SELECTION_SEEDS[:1]
         candidates = {k: CANDIDATES[k] for k in ("paper (1e-3)", "1")}
