@@ -88,8 +88,9 @@ def markdown(result: dict, command: str, seconds: float, info: dict) -> str:
     return "\n".join([
         f"## Where GCI's cost at batch 32 comes from (`{result['preset']}`, selection seeds)", "",
         f"Command: `{command}` — finished in {seconds / 60:.1f} min wall ({result['fresh_runs']} of "
-        f"{result['runs']} training runs trained here, the others read from the accuracy benchmark's results "
-        f"cache); the runs' own CPU time adds up to {result['cpu_s'] / 60:.1f} CPU-min.", "",
+        f"{result['runs']} training runs trained here"
+        + (", the others read from the accuracy benchmark's results cache" if result["fresh_runs"] < result["runs"] else "")
+        + f"); the runs' own CPU time adds up to {result['cpu_s'] / 60:.1f} CPU-min.", "",
         common.machine_markdown(info), "",
         f"The accuracy benchmark's sizes and code path on `{result['preset']}`, trained with "
         f"`{json.dumps(result['budget'])}` as its diagnostic pair \"GCI at batch 32\", on seeds {result['seeds']} "
