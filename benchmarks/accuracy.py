@@ -12,8 +12,8 @@ What it does, every model with the same data, training budget and seeds:
 2. on the presets ``easy``, ``default`` and ``hard``: ``clip-meanpool``, ``rice-icl`` (full mode),
    full SGMN and SGMN without each of TGA, TDB, GCI, SMF and the text branch, other designs of a
    component (``ALTERNATIVES``) and pairs that measure a component in another setting
-   (``DIAGNOSTICS``), every one fine-tuned from that checkpoint (``model.vision.pretrained``; ``sgmn train``'s recipe then is the paper's,
-   with the backbone learning-rate factor ``FINETUNE`` that ``recipe_selection.py`` selected),
+   (``DIAGNOSTICS``), every one fine-tuned from that checkpoint (``model.vision.pretrained``;
+   ``sgmn train``'s recipe then is the paper's, with the backbone learning-rate factor ``FINETUNE`` that ``recipe_selection.py`` selected),
    plus full SGMN from random weights (the ``scratch`` recipe) for comparison. Training is
    ``sgmn.train.loop.train``; each saved epoch on the curve is scored on the test split with
    ``sgmn.eval.protocol.evaluate`` (per-room galleries, video mode, main image): the learning
@@ -628,11 +628,7 @@ def render(cfg: AccuracyConfig, rows: list[dict], knob_rows: list[dict], doc: di
         + (f" (fine-tuned models: `sgmn train`'s recipe with `{json.dumps(cfg.finetune)}`, the candidate "
            "`benchmarks/recipe_selection.py` selected on seeds this page never reports; see its section below)"
            if cfg.finetune else " (`sgmn train`'s recipes)"),
-        *[f"- trained otherwise: {', '.join(f'`{m}`' for m in own_budget if own_budget[m] == budget)} with "
-          f"`{json.dumps(dict(budget))}`, optimiser steps "
-          + " / ".join(f"{statistics.fmean(x['steps'] for x in rows if x['preset'] == p and own_budget.get(x['model']) == budget):.0f}"
-                       for p in cfg.presets) + f" ({' / '.join(cfg.presets)})"
-          for budget in dict.fromkeys(own_budget.values())],
+        *_trained_otherwise(own_budget, rows, cfg.presets),
         f"- synthetic data: the presets with these sizes replaced: `{json.dumps(cfg.data_overrides)}`"
         if cfg.data_overrides else "- synthetic data: the presets at their own sizes",
         f"- 95% CIs: bootstrap ({cfg.n_boot} replicates) over seeds and, within each drawn seed, over queries; "
@@ -739,6 +735,18 @@ def render(cfg: AccuracyConfig, rows: list[dict], knob_rows: list[dict], doc: di
             "Results with their CIs are in `docs/benchmarks/accuracy.json`; every run (per-query ranks, curves, "
             f"times) in `benchmarks/out/accuracy/{cfg.mode}-results.json` after a run."]
     return "\n".join(out)
+
+
+def _trained_otherwise(own_budget: dict, rows: list[dict], presets: Sequence[str]) -> list[str]:
+    """One line per budget of the models that train with their own (label -> TrainConfig fields)."""
+    lines = []
+    for budget in dict.fromkeys(own_budget.values()):
+        labels = [m for m, b in own_budget.items() if b == budget]
+        steps = [statistics.fmean(x["steps"] for x in rows if x["preset"] == p and x["model"] in labels)
+                 for p in presets]
+        lines.append(f"- trained otherwise: {', '.join(f'`{m}`' for m in labels)} with `{json.dumps(dict(budget))}`, "
+                     f"optimiser steps {' / '.join(f'{n:.0f}' for n in steps)} ({' / '.join(presets)})")
+    return lines
 
 
 def _backbone_words() -> str:
