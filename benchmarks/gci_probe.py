@@ -12,7 +12,9 @@ without GCI at the same budget:
 * L_reg alone (``losses.gnn`` 0): the graph then only trains its relevance MLP;
 * no GCI with four times L_base's weight: about the triplet weight L_gnn adds, without the graph;
 * one clip-product neighbour per node (``gci_topk_ratio`` 0) and every clip-product pair an edge
-  (``gci_inter_all_pairs``): the edges.
+  (``gci_inter_all_pairs``): the edges;
+* self-loops only (``gci_self_loops_only``): message passing; the learned layer maps each node alone;
+* a fixed edge-weighted mean in place of the learned layer (``gci_layer`` "mean"): the layer's weights.
 
 Writes the ``gci-probe`` section of docs/benchmarks.md and docs/benchmarks/gci_probe.json.
 """
@@ -52,6 +54,12 @@ VARIANTS = {
     "every pair": (accuracy.ModelSpec("SGMN, GCI on every clip–product pair, batch 32", "sgmn-tiny",
                                       (("gci_inter_all_pairs", True),), train=BUDGET),
                    "the choice of clip–product edges (every pair is one)"),
+    "self-loops only": (accuracy.ModelSpec("SGMN, GCI with self-loops only, batch 32", "sgmn-tiny",
+                                           (("gci_self_loops_only", True),), train=BUDGET),
+                        "message passing: the learned layer maps each node on its own"),
+    "fixed mean": (accuracy.ModelSpec("SGMN, GCI as a fixed neighbour mean, batch 32", "sgmn-tiny",
+                                      (("gci_layer", "mean"),), train=BUDGET),
+                   "the learned layer: each node becomes the mean of itself and its edge-weighted neighbours"),
 }
 
 

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -200,3 +201,44 @@ def test_chunked_frame_level_matching_holds_one_block_in_memory(monkeypatch):
     with torch.no_grad():
         frame_level_matching(frames, mask, products, K, "clip", block_elements=2 * G * T * N)
     assert calls == [2, 2, 2]  # three blocks of two clips: never the whole (G, G, T, N)
+
+
+def test_self_loops_only_ablation_passes_nothing_between_nodes():
+    torch.manual_seed(0)
+    v, p, frames, mask, products = _inputs()
+    graph = CrossDomainGraph(_config(gci_self_loops_only=True))
+    out = graph(v, p, frames, mask, products)
+    assert torch.equal(out.edges, torch.eye(2 * G, dtype=torch.bool))
+    # each node's refinement depends on that node alone: moving one clip moves only its own ṽ
+    graph.eval()
+    base = graph(v, p, frames, mask, products)
+    moved = v.clone()
+    moved[2] = F.normalize(moved[2] + 0.5, dim=-1)
+    after = graph(moved, p, frames, mask, products)
+    changed = (after.v_tilde - base.v_tilde).abs().amax(-1) > 1e-6
+    assert changed.tolist() == [i == 2 for i in range(G)]
+    assert torch.allclose(after.p_tilde, base.p_tilde, atol=1e-6)
+    # and the node is still transformed by the learned layer, not passed through
+    assert not torch.allclose(base.v_tilde, v, atol=1e-3)
+
+
+def test_mean_layer_ablation_is_the_fixed_edge_weighted_mean():
+    torch.manual_seed(0)
+    v, p, frames, mask, products = _inputs()
+    graph = CrossDomainGraph(_config(gci_layer="mean"))
+    assert len(graph.layers) == 0
+    assert {name.split(".")[0] for name, _ in graph.named_parameters()} == {
+        "relevance_clip_to_product", "relevance_product_to_clip"}
+    out = graph(v, p, frames, mask, products)
+    x = torch.cat([v, p])
+    edges, bias = graph.adjacency(v, p, *graph.relevances_and_means(frames, mask, products))
+    assert torch.equal(edges, out.edges)
+    expected = F.normalize(0.5 * x + 0.5 * torch.softmax(bias, dim=-1) @ x, dim=-1)
+    assert torch.allclose(torch.cat([out.v_tilde, out.p_tilde]), expected, atol=1e-5)
+    assert (out.attention[0][~out.edges] == 0).all()
+    # L_gnn still trains the relevance MLP through the edge weights
+    labels = torch.arange(G)
+    graph.losses(out, labels)["gnn"].backward()
+    assert graph.relevance_clip_to_product[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="gci_layer 'sum'"):
+        CrossDomainGraph(_config(gci_layer="sum"))

@@ -120,6 +120,14 @@ class SGMNConfig:
     # Inter-domain (clip-product) edges: each node keeps its top gci_topk_ratio partners by the
     # mean frame-level match, as published; True = every pair is an edge.
     gci_inter_all_pairs: bool = False
+    # Ablations for measuring where GCI's effect comes from (benchmarks/gci_probe.py), both off as
+    # published. True: every node's only edge is its self-loop, so the graph layer maps each node
+    # on its own (no message passing).
+    gci_self_loops_only: bool = False
+    # "transformer": the published graph-transformer layer. "mean": no learned layer; each layer
+    # replaces a node x by normalise(x / 2 + (A x) / 2), A the softmax of the edge values over the
+    # node's edges (so the relevance MLP still learns through L_gnn).
+    gci_layer: Literal["transformer", "mean"] = "transformer"
 
     # Hard-example mining + selective fusion
     smf_k: int = 3

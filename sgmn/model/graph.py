@@ -17,6 +17,10 @@ The G clips and G products of the global batch become the 2G nodes of one graph:
   bias and -inf where there is no edge, so a non-edge gets attention weight exactly 0. Self-loops
   are always edges, so no row is all -inf.
 
+Two ablations, off as published, separate what the graph passes between nodes from what its layer
+learns: ``gci_self_loops_only`` keeps the self-loops alone (the layer then maps each node on its own),
+and ``gci_layer = "mean"`` replaces the learned layer by a fixed edge-weighted mean over neighbours.
+
 The refined, re-normalised embeddings ṽ, p̃ feed L_gnn; the relevance is regularised towards the
 detached exp(-cdist(v, p)) by L_reg (:func:`sgmn.model.losses.relation_kl`).
 """
@@ -218,7 +222,7 @@ class GraphOutput:
     relevance: torch.Tensor  # (G, G) clip -> product relevance logits (row = clip)
     relevance_reverse: torch.Tensor  # (G, G) product -> clip relevance, same clip x product orientation
     edges: torch.Tensor  # (2G, 2G) bool adjacency over [clips; products], row = attending node
-    attention: torch.Tensor  # (heads, 2G, 2G) attention weights of the last graph layer
+    attention: torch.Tensor  # (heads, 2G, 2G) attention weights of the last graph layer (1 head for "mean")
 
 
 def _relevance_mlp(in_features: int, dropout: float) -> nn.Sequential:
@@ -245,9 +249,13 @@ class CrossDomainGraph(nn.Module):
             raise ValueError(f"embed_dim {d} is not divisible by gci_heads {config.gci_heads}")
         self.relevance_clip_to_product = _relevance_mlp(k, config.dropout)
         self.relevance_product_to_clip = _relevance_mlp(k, config.dropout)
+        if config.gci_layer not in ("transformer", "mean"):
+            raise ValueError(f"unknown gci_layer {config.gci_layer!r} (expected 'transformer' or 'mean')")
+        # With gci_layer "mean" the propagation has no weights of its own (see forward).
+        learned = config.gci_layer == "transformer"
         self.layers = nn.ModuleList(
             GraphTransformerLayer(d, config.gci_heads, feedforward=d, dropout=config.dropout)
-            for _ in range(config.gci_layers)
+            for _ in range(config.gci_layers if learned else 0)
         )
 
     def relevances(
@@ -297,6 +305,8 @@ class CrossDomainGraph(nn.Module):
         edges = torch.cat(
             [torch.cat([clip_edges, inter], dim=1), torch.cat([inter_reverse.t(), prod_edges], dim=1)], dim=0
         )
+        if cfg.gci_self_loops_only:
+            edges = torch.eye(edges.shape[0], dtype=torch.bool, device=edges.device)
         weights = torch.cat(
             [torch.cat([clip_w, relevance], dim=1), torch.cat([relevance_reverse.t(), prod_w], dim=1)], dim=0
         )
@@ -325,6 +335,10 @@ class CrossDomainGraph(nn.Module):
         edges, bias = self.adjacency(v, p, relevance, relevance_reverse, mean, mean_reverse)
         x = torch.cat([v, p], dim=0)[None]
         attention = None
+        if self.config.gci_layer == "mean":
+            attention = torch.softmax(bias.float(), dim=-1)[None].to(x.dtype)
+            for _ in range(self.config.gci_layers):
+                x = F.normalize(0.5 * x + 0.5 * attention @ x, dim=-1)
         for layer in self.layers:
             x, attention = layer(x, bias.to(x.dtype))
         x = F.normalize(x[0], dim=-1)
