@@ -78,28 +78,42 @@ def probe(cfg: accuracy.AccuracyConfig, variants: dict, baseline: accuracy.Model
     def r1(label):
         return [r["R@1"] for r in sorted(rows, key=lambda r: r["seed"]) if r["model"] == label]
 
+    def curve(label):
+        return accuracy.curve_means(rows, preset, label)[1]
+
     result = {}
     for name, (spec, removes) in variants.items():
         effect = accuracy.paired_effect(rows, preset, spec.label, baseline.label, cfg.n_boot)
         result[name] = {"model": spec.label, "removes": removes, "R@1": statistics.fmean(r1(spec.label)),
-                        "per_seed": r1(spec.label), "vs_no_gci": effect}
+                        "per_seed": r1(spec.label), "vs_no_gci": effect, "curve": curve(spec.label)}
     return {"seeds": list(seeds), "preset": preset, "budget": dict(baseline.train),
             "baseline": {"model": baseline.label, "R@1": statistics.fmean(r1(baseline.label)),
-                         "per_seed": r1(baseline.label)},
+                         "per_seed": r1(baseline.label), "curve": curve(baseline.label)},
+            "curve_epochs": accuracy.curve_means(rows, preset, baseline.label)[0],
             "variants": result, "runs": len(rows), "fresh_runs": sum(not r.get("from_cache") for r in rows),
             "cpu_s": sum(r["cpu_s"] for r in rows)}
+
+
+def _provenance(result: dict) -> str:
+    fresh, runs = result["fresh_runs"], result["runs"]
+    cache = "the accuracy benchmark's results cache"
+    if fresh == runs:
+        return f"all {runs} training runs trained here"
+    if fresh == 0:
+        return f"all {runs} training runs read from {cache}"
+    return f"{fresh} of {runs} training runs trained here, the others read from {cache}"
 
 
 def markdown(result: dict, command: str, seconds: float, info: dict) -> str:
     base = result["baseline"]
     rows = [[name, v["removes"], f"{v['R@1']:.1f}", accuracy._bold_if_clear(v["vs_no_gci"])]
             for name, v in result["variants"].items()]
+    curve_rows = [[name, *(f"{x:.1f}" for x in v["curve"])]
+                  for name, v in [("no GCI", base), *result["variants"].items()]]
     return "\n".join([
         f"## Where GCI's cost at batch 32 comes from (`{result['preset']}`, selection seeds)", "",
-        f"Command: `{command}` — finished in {seconds / 60:.1f} min wall ({result['fresh_runs']} of "
-        f"{result['runs']} training runs trained here"
-        + (", the others read from the accuracy benchmark's results cache" if result["fresh_runs"] < result["runs"] else "")
-        + f"); the runs' own CPU time adds up to {result['cpu_s'] / 60:.1f} CPU-min.", "",
+        f"Command: `{command}` — finished in {seconds / 60:.1f} min wall ({_provenance(result)}); the runs' own "
+        f"CPU time adds up to {result['cpu_s'] / 60:.1f} CPU-min.", "",
         common.machine_markdown(info), "",
         f"The accuracy benchmark's sizes and code path on `{result['preset']}`, trained with "
         f"`{json.dumps(result['budget'])}` as its diagnostic pair \"GCI at batch 32\", on seeds {result['seeds']} "
@@ -108,7 +122,10 @@ def markdown(result: dict, command: str, seconds: float, info: dict) -> str:
         f"(R@1 {base['R@1']:.1f}), 95% CI over seeds and queries (bold: it excludes 0):", "",
         common.markdown_table(["variant", "what it removes", "R@1", "− no GCI"], rows), "",
         "A cost that stays when a suspect is removed does not come from that suspect. Per-seed values are in "
-        "`docs/benchmarks/gci_probe.json`.",
+        "`docs/benchmarks/gci_probe.json`.", "",
+        "Test R@1 after each scored epoch of the same runs (mean over the seeds), which shows when in training "
+        "each variant gains or loses against no GCI:", "",
+        common.markdown_table(["model", *(f"epoch {e}" for e in result["curve_epochs"])], curve_rows),
     ])
 
 

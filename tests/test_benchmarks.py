@@ -340,8 +340,12 @@ def test_gci_probe_pairs_each_variant_against_no_gci_and_writes_its_section(tmp_
         assert v["vs_no_gci"]["mean"] == pytest.approx(v["per_seed"][0] - base["per_seed"][0])
         lo, hi = v["vs_no_gci"]["ci95"]
         assert lo <= v["vs_no_gci"]["mean"] <= hi
+    # the curve's last epoch is the run's final score, which the table reports
+    for v in [base, *result["variants"].values()]:
+        assert len(v["curve"]) == len(result["curve_epochs"]) and v["curve"][-1] == pytest.approx(v["R@1"])
     text = doc.read_text()
     assert "<!-- gci-probe:start -->" in text and "--smoke" in text and "L_reg alone" in text
+    assert f"epoch {result['curve_epochs'][-1]}" in text
 
 
 def test_smf_probe_trains_only_the_cross_encoder_and_writes_its_section(tmp_path):
