@@ -16,6 +16,10 @@ without GCI at the same budget:
 * self-loops only (``gci_self_loops_only``): message passing; the learned layer maps each node alone;
 * a fixed edge-weighted mean in place of the learned layer (``gci_layer`` "mean"): the layer's weights.
 
+Then it asks whether the cost is one of small training sets: full GCI and L_base × 4, each against no
+GCI, on sets that differ only in the number of training clips per product (``DATA_SIZES``; the
+standard mode's sets have 3), with the same epochs, so more data is also more optimiser steps.
+
 Writes the ``gci-probe`` section of docs/benchmarks.md and docs/benchmarks/gci_probe.json.
 """
 
@@ -62,6 +66,10 @@ VARIANTS = {
                    "the learned layer: each node becomes the mean of itself and its edge-weighted neighbours"),
 }
 
+# training clips per product; the standard mode's sets have 3, so the first size repeats the table above
+DATA_SIZES = (3, 6, 12)
+SIZE_VARIANTS = ("full GCI", "no GCI, L_base × 4")
+
 
 def probe(cfg: accuracy.AccuracyConfig, variants: dict, baseline: accuracy.ModelSpec, seeds, preset: str,
           out: Path, pretrained: dict, jobs: int = 1, threads: Optional[int] = None) -> dict:
@@ -91,6 +99,35 @@ def probe(cfg: accuracy.AccuracyConfig, variants: dict, baseline: accuracy.Model
                          "per_seed": r1(baseline.label), "curve": curve(baseline.label)},
             "curve_epochs": accuracy.curve_means(rows, preset, baseline.label)[0],
             "variants": result, "runs": len(rows), "fresh_runs": sum(not r.get("from_cache") for r in rows),
+            "cpu_s": sum(r["cpu_s"] for r in rows)}
+
+
+def probe_sizes(cfg: accuracy.AccuracyConfig, sizes, variants: dict, baseline: accuracy.ModelSpec, seeds,
+                preset: str, out: Path, pretrained: dict, jobs: int = 1, threads: Optional[int] = None) -> dict:
+    """Each variant's paired R@1 difference against ``baseline`` on sets of ``preset`` that differ
+    only in ``clips_per_product`` (the training clips of each product; the test sets keep their size)."""
+    tasks = []
+    for size in sizes:
+        for seed in seeds:
+            synth = dataclasses.replace(accuracy.synth_config(cfg, preset, seed), clips_per_product=size)
+            accuracy.ensure_data(synth, out / "data")
+            tasks += [(cfg, spec, synth, out, pretrained, {"preset": f"{preset}, {size} clips per product"})
+                      for spec in [baseline, *variants.values()]]
+    rows = accuracy.run_all(tasks, jobs, threads)
+    result = []
+    for size in sizes:
+        group = f"{preset}, {size} clips per product"
+        base = [r for r in rows if r["preset"] == group and r["model"] == baseline.label]
+        synth = base[0]["synth"]
+        result.append({
+            "clips_per_product": size,
+            "training_clips": synth["rooms"] * synth["products_per_room"] * size,
+            "steps": statistics.fmean(r["steps"] for r in base),
+            "baseline_R@1": statistics.fmean(r["R@1"] for r in base),
+            "vs_no_gci": {name: accuracy.paired_effect(rows, group, spec.label, baseline.label, cfg.n_boot)
+                          for name, spec in variants.items()},
+        })
+    return {"sizes": result, "runs": len(rows), "fresh_runs": sum(not r.get("from_cache") for r in rows),
             "cpu_s": sum(r["cpu_s"] for r in rows)}
 
 
@@ -126,15 +163,36 @@ def markdown(result: dict, command: str, seconds: float, info: dict) -> str:
         "Test R@1 after each scored epoch of the same runs (mean over the seeds), which shows when in training "
         "each variant gains or loses against no GCI:", "",
         common.markdown_table(["model", *(f"epoch {e}" for e in result["curve_epochs"])], curve_rows),
+        *_sizes_markdown(result.get("by_size")),
     ])
 
 
+def _sizes_markdown(by_size: Optional[dict]) -> list[str]:
+    if not by_size:
+        return []
+    names = list(by_size["sizes"][0]["vs_no_gci"])
+    rows = [[str(s["clips_per_product"]), str(s["training_clips"]), f"{s['steps']:.0f}", f"{s['baseline_R@1']:.1f}",
+             *(accuracy._bold_if_clear(s["vs_no_gci"][n]) for n in names)] for s in by_size["sizes"]]
+    fresh = by_size["fresh_runs"]
+    return [
+        "", "The same comparison on sets that differ only in the number of training clips per product (as many "
+        "test clips, drawn anew by the generator; the same epochs, so more clips are also more optimiser steps), "
+        f"paired against no GCI on each set ({by_size['runs']} runs, {fresh} trained here):", "",
+        common.markdown_table(["training clips per product", "training clips", "optimiser steps", "no GCI R@1",
+                               *(f"{n} − no GCI" for n in names)], rows),
+    ]
+
+
 def run(cfg: accuracy.AccuracyConfig, variants: dict, baseline: accuracy.ModelSpec, seeds, preset: str, doc: Path,
-        json_path: Path, out: Path, command: str, jobs: int = 1, threads: Optional[int] = None) -> dict:
+        json_path: Path, out: Path, command: str, jobs: int = 1, threads: Optional[int] = None,
+        sizes: tuple[int, ...] = ()) -> dict:
     info = common.machine_info()
     t0 = time.perf_counter()
     pretrained = accuracy.ensure_pretrain(cfg, out)
     result = probe(cfg, variants, baseline, seeds, preset, out, pretrained, jobs, threads)
+    if sizes:
+        result["by_size"] = probe_sizes(cfg, sizes, {n: variants[n][0] for n in SIZE_VARIANTS if n in variants},
+                                        baseline, seeds, preset, out, pretrained, jobs, threads)
     seconds = time.perf_counter() - t0
     common.write_section(SECTION, markdown(result, command, seconds, info), doc)
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,17 +203,18 @@ def run(cfg: accuracy.AccuracyConfig, variants: dict, baseline: accuracy.ModelSp
 def main(argv: Optional[list[str]] = None) -> None:
     args, threads = accuracy.selection_script_args(
         __doc__.split("\n")[0], JSON_PATH, "two variants at the accuracy smoke sizes and budget", argv)
-    variants, baseline = VARIANTS, WITHOUT
+    variants, baseline, sizes = VARIANTS, WITHOUT, DATA_SIZES
     if args.smoke:
         # the smoke sets are too small for batch 32: the smoke budget, one seed, two variants
         cfg, seeds, preset = accuracy.mode_config("smoke"), SELECTION_SEEDS[:1], "easy"
         variants = {k: (dataclasses.replace(spec, train=()), removes)
                     for k, (spec, removes) in VARIANTS.items() if k in ("full GCI", "L_reg alone")}
         baseline = dataclasses.replace(WITHOUT, train=())
+        sizes = (2, 3)  # the smoke sets have 2
     else:
         cfg, seeds, preset = accuracy.mode_config("standard"), SELECTION_SEEDS, PRESET
     command = common.command_line() if argv is None else "python benchmarks/gci_probe.py " + " ".join(argv)
-    run(cfg, variants, baseline, seeds, preset, args.doc, args.json, args.out, command, args.jobs, threads)
+    run(cfg, variants, baseline, seeds, preset, args.doc, args.json, args.out, command, args.jobs, threads, sizes)
 
 
 if __name__ == "__main__":

@@ -343,9 +343,16 @@ def test_gci_probe_pairs_each_variant_against_no_gci_and_writes_its_section(tmp_
     # the curve's last epoch is the run's final score, which the table reports
     for v in [base, *result["variants"].values()]:
         assert len(v["curve"]) == len(result["curve_epochs"]) and v["curve"][-1] == pytest.approx(v["R@1"])
+    # the sizes differ in training clips alone; the smoke sets' own size repeats the runs above
+    small, large = result["by_size"]["sizes"]
+    assert (small["clips_per_product"], large["clips_per_product"]) == (2, 3)
+    assert large["training_clips"] * 2 == small["training_clips"] * 3 and large["steps"] > small["steps"]
+    assert set(small["vs_no_gci"]) == {"full GCI"}
+    assert small["vs_no_gci"]["full GCI"] == result["variants"]["full GCI"]["vs_no_gci"]
+    assert small["baseline_R@1"] == pytest.approx(base["R@1"])
     text = doc.read_text()
     assert "<!-- gci-probe:start -->" in text and "--smoke" in text and "L_reg alone" in text
-    assert f"epoch {result['curve_epochs'][-1]}" in text
+    assert f"epoch {result['curve_epochs'][-1]}" in text and "training clips per product" in text
 
 
 def test_smf_probe_trains_only_the_cross_encoder_and_writes_its_section(tmp_path):
