@@ -20,6 +20,12 @@ Then it asks whether the cost is one of small training sets: full GCI and L_base
 GCI, on sets that differ only in the number of training clips per product (``DATA_SIZES``; the
 standard mode's sets have 3), with the same epochs, so more data is also more optimiser steps.
 
+Last, when L_gnn turns against retrieval: full GCI and no GCI are trained again with every epoch's
+checkpoint kept, and at each scored epoch the gradient of L_gnn on fixed training batches is compared
+with the gradient of L_S, the InfoNCE on the score that retrieval ranks by (v·p + λ a·t), on fixed
+test batches (:func:`gradient_alignment`). A negative cosine means that a step down L_gnn is, to
+first order, a step up the test L_S.
+
 Writes the ``gci-probe`` section of docs/benchmarks.md and docs/benchmarks/gci_probe.json.
 """
 
@@ -69,6 +75,8 @@ VARIANTS = {
 # training clips per product; the standard mode's sets have 3, so the first size repeats the table above
 DATA_SIZES = (3, 6, 12)
 SIZE_VARIANTS = ("full GCI", "no GCI, L_base × 4")
+
+GRADIENT_BATCHES = 5  # fixed batches of training pairs and of test pairs, per checkpoint
 
 
 def probe(cfg: accuracy.AccuracyConfig, variants: dict, baseline: accuracy.ModelSpec, seeds, preset: str,
@@ -131,6 +139,124 @@ def probe_sizes(cfg: accuracy.AccuracyConfig, sizes, variants: dict, baseline: a
             "cpu_s": sum(r["cpu_s"] for r in rows)}
 
 
+def mean_gradient(model, batches: list, loss: str) -> "torch.Tensor":
+    """The gradient of ``model(batch)["losses"][loss]``, averaged over ``batches``, over every
+    trainable parameter as one flat vector (zeros where the loss does not reach a parameter)."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    for batch in batches:
+        grads = torch.autograd.grad(model(batch)["losses"][loss], params, allow_unused=True)
+        for t, g in zip(total, grads):
+            if g is not None:
+                t.add_(g, alpha=1.0 / len(batches))
+    return torch.cat([t.flatten() for t in total])
+
+
+def _fixed_batches(data, split: str, model, batch_size: int, count: int) -> list:
+    import torch
+
+    from sgmn.data.dataset import TrainPairs, collate
+    from sgmn.text import TextVectors, make_text_encoder
+
+    mc = model.config
+    pairs = TrainPairs(data, split, num_frames=mc.num_frames, image_size=mc.vision.image_size,
+                       patch_size=mc.vision.patch_size, geometry=mc.geometry,
+                       text=TextVectors(data, split, make_text_encoder(mc.text), progress=False), train=False)
+    loader = torch.utils.data.DataLoader(pairs, batch_size=batch_size, shuffle=True, collate_fn=collate,
+                                         generator=torch.Generator().manual_seed(0))
+    return [batch for _, batch in zip(range(count), loader)]
+
+
+def _alignment_run(args) -> list[dict]:
+    """Train one model with every checkpoint kept; per scored epoch, its losses and gradient cosines."""
+    import shutil
+
+    import torch
+
+    import sgmn
+    from sgmn.data.readers import read_dataset
+
+    cfg, spec, synth, out, pretrained, threads, batches = args
+    if threads:
+        torch.set_num_threads(threads)
+    run_dir = out / "gci-probe-gradients" / accuracy.run_key(cfg, spec, synth, pretrained["key"])
+    result = accuracy.train_run(cfg, spec, synth, out, pretrained, run_dir)
+    data = read_dataset(accuracy.ensure_data(synth, out / "data"), "lpr4m")
+    batch_size = accuracy.train_config(cfg, spec, synth.seed).batch_size
+    epochs = result.epochs_completed
+    rows = []
+    for epoch in sorted({*range(cfg.curve_every, epochs + 1, cfg.curve_every), epochs}):
+        model = sgmn.load_model(run_dir / f"epoch-{epoch:03d}").eval()  # no dropout: the same batches, the same loss
+        model.config.losses.vi = 1.0  # L_S: computed for the measurement, never trained here
+        train, test = (_fixed_batches(data, split, model, batch_size, batches) for split in ("train", "test"))
+        s_test, s_train = mean_gradient(model, test, "vi"), mean_gradient(model, train, "vi")
+        row = {"epoch": epoch, "seed": synth.seed}
+        with torch.no_grad():
+            for name, split in (("train", train), ("test", test)):
+                row[f"L_S_{name}"] = statistics.fmean(float(model(b)["losses"]["vi"]) for b in split)
+        for loss in ("gnn", "base"):
+            if loss == "gnn" and not model.config.use_gci:
+                continue
+            g = mean_gradient(model, train, loss)
+            row[f"cos_{loss}_test"] = float(torch.nn.functional.cosine_similarity(g, s_test, dim=0))
+            row[f"cos_{loss}_train"] = float(torch.nn.functional.cosine_similarity(g, s_train, dim=0))
+        rows.append(row)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return rows
+
+
+def gradient_alignment(cfg: accuracy.AccuracyConfig, models: dict, seeds, preset: str, out: Path, pretrained: dict,
+                       jobs: int = 1, threads: Optional[int] = None, batches: int = GRADIENT_BATCHES) -> dict:
+    """Per model (name -> spec) and scored epoch, the mean over ``seeds`` of: L_S on fixed training
+    and test batches, and the cosines of L_gnn's and L_base's gradients (on the training batches)
+    with L_S's gradient on the test and on the training batches."""
+    args = []
+    for seed in seeds:
+        synth = accuracy.synth_config(cfg, preset, seed)
+        accuracy.ensure_data(synth, out / "data")
+        args += [(cfg, spec, synth, out, pretrained, threads, batches) for spec in models.values()]
+    if jobs <= 1:
+        runs = [_alignment_run(a) for a in args]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            runs = list(pool.map(_alignment_run, args))
+    result = {}
+    for i, name in enumerate(models):
+        rows = [row for run in runs[i::len(models)] for row in run]
+        by_epoch = {}
+        for row in rows:
+            by_epoch.setdefault(row["epoch"], []).append(row)
+        result[name] = [{"epoch": e, **{k: statistics.fmean(r[k] for r in group)
+                                        for k in group[0] if k not in ("epoch", "seed")}}
+                        for e, group in sorted(by_epoch.items())]
+    return {"seeds": list(seeds), "batches": batches, "models": result}
+
+
+def _alignment_markdown(alignment: Optional[dict]) -> list[str]:
+    if not alignment:
+        return []
+    (gci_name, gci), (base_name, base) = list(alignment["models"].items())
+    rows = [[str(g["epoch"]), f"{g['cos_gnn_test']:+.2f}", f"{g['cos_gnn_train']:+.2f}", f"{g['cos_base_test']:+.2f}",
+             f"{b['cos_base_test']:+.2f}", f"{g['L_S_test']:.2f}", f"{b['L_S_test']:.2f}", f"{g['L_S_train']:.2f}",
+             f"{b['L_S_train']:.2f}"] for g, b in zip(gci, base)]
+    return [
+        "", f"When L_gnn turns against retrieval: {gci_name} and {base_name} trained again on the same seeds, and at "
+        f"each scored epoch, on {alignment['batches']} fixed batches of training pairs and of test pairs, the "
+        "cosine between a loss's gradient on the training batches and the gradient of L_S (the InfoNCE on the "
+        "score retrieval ranks by, v·p + λ a·t, never trained here) on the test or the training batches, over "
+        "every trainable parameter; then L_S itself. Means over the seeds:", "",
+        common.markdown_table(
+            ["epoch", "cos(∇L_gnn, ∇L_S test)", "cos(∇L_gnn, ∇L_S train)", "cos(∇L_base, ∇L_S test)",
+             f"cos(∇L_base, ∇L_S test), {base_name}", "L_S test", f"L_S test, {base_name}", "L_S train",
+             f"L_S train, {base_name}"], rows),
+    ]
+
+
 def _provenance(result: dict) -> str:
     fresh, runs = result["fresh_runs"], result["runs"]
     cache = "the accuracy benchmark's results cache"
@@ -164,6 +290,7 @@ def markdown(result: dict, command: str, seconds: float, info: dict) -> str:
         "each variant gains or loses against no GCI:", "",
         common.markdown_table(["model", *(f"epoch {e}" for e in result["curve_epochs"])], curve_rows),
         *_sizes_markdown(result.get("by_size")),
+        *_alignment_markdown(result.get("alignment")),
     ])
 
 
@@ -185,7 +312,7 @@ def _sizes_markdown(by_size: Optional[dict]) -> list[str]:
 
 def run(cfg: accuracy.AccuracyConfig, variants: dict, baseline: accuracy.ModelSpec, seeds, preset: str, doc: Path,
         json_path: Path, out: Path, command: str, jobs: int = 1, threads: Optional[int] = None,
-        sizes: tuple[int, ...] = ()) -> dict:
+        sizes: tuple[int, ...] = (), batches: int = GRADIENT_BATCHES) -> dict:
     info = common.machine_info()
     t0 = time.perf_counter()
     pretrained = accuracy.ensure_pretrain(cfg, out)
@@ -193,6 +320,8 @@ def run(cfg: accuracy.AccuracyConfig, variants: dict, baseline: accuracy.ModelSp
     if sizes:
         result["by_size"] = probe_sizes(cfg, sizes, {n: variants[n][0] for n in SIZE_VARIANTS if n in variants},
                                         baseline, seeds, preset, out, pretrained, jobs, threads)
+    result["alignment"] = gradient_alignment(cfg, {"full GCI": variants["full GCI"][0], "no GCI": baseline}, seeds,
+                                             preset, out, pretrained, jobs, threads, batches)
     seconds = time.perf_counter() - t0
     common.write_section(SECTION, markdown(result, command, seconds, info), doc)
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,18 +332,19 @@ def run(cfg: accuracy.AccuracyConfig, variants: dict, baseline: accuracy.ModelSp
 def main(argv: Optional[list[str]] = None) -> None:
     args, threads = accuracy.selection_script_args(
         __doc__.split("\n")[0], JSON_PATH, "two variants at the accuracy smoke sizes and budget", argv)
-    variants, baseline, sizes = VARIANTS, WITHOUT, DATA_SIZES
+    variants, baseline, sizes, batches = VARIANTS, WITHOUT, DATA_SIZES, GRADIENT_BATCHES
     if args.smoke:
         # the smoke sets are too small for batch 32: the smoke budget, one seed, two variants
         cfg, seeds, preset = accuracy.mode_config("smoke"), SELECTION_SEEDS[:1], "easy"
         variants = {k: (dataclasses.replace(spec, train=()), removes)
                     for k, (spec, removes) in VARIANTS.items() if k in ("full GCI", "L_reg alone")}
         baseline = dataclasses.replace(WITHOUT, train=())
-        sizes = (2, 3)  # the smoke sets have 2
+        sizes, batches = (2, 3), 2  # the smoke sets have 2 clips per product
     else:
         cfg, seeds, preset = accuracy.mode_config("standard"), SELECTION_SEEDS, PRESET
     command = common.command_line() if argv is None else "python benchmarks/gci_probe.py " + " ".join(argv)
-    run(cfg, variants, baseline, seeds, preset, args.doc, args.json, args.out, command, args.jobs, threads, sizes)
+    run(cfg, variants, baseline, seeds, preset, args.doc, args.json, args.out, command, args.jobs, threads, sizes,
+        batches)
 
 
 if __name__ == "__main__":

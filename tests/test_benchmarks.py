@@ -350,9 +350,46 @@ def test_gci_probe_pairs_each_variant_against_no_gci_and_writes_its_section(tmp_
     assert set(small["vs_no_gci"]) == {"full GCI"}
     assert small["vs_no_gci"]["full GCI"] == result["variants"]["full GCI"]["vs_no_gci"]
     assert small["baseline_R@1"] == pytest.approx(base["R@1"])
+    # gradient alignment: every scored epoch of both models; L_gnn's cosines only where there is a graph
+    gci, no_gci = result["alignment"]["models"]["full GCI"], result["alignment"]["models"]["no GCI"]
+    assert [r["epoch"] for r in gci] == [r["epoch"] for r in no_gci] == result["curve_epochs"]
+    for r in gci:
+        assert all(-1.0 <= r[k] <= 1.0 for k in ("cos_gnn_test", "cos_gnn_train", "cos_base_test", "cos_base_train"))
+    assert all("cos_gnn_test" not in r and -1.0 <= r["cos_base_test"] <= 1.0 for r in no_gci)
+    assert all(math.isfinite(r["L_S_test"]) and r["L_S_train"] > 0 for r in gci + no_gci)
     text = doc.read_text()
     assert "<!-- gci-probe:start -->" in text and "--smoke" in text and "L_reg alone" in text
     assert f"epoch {result['curve_epochs'][-1]}" in text and "training clips per product" in text
+    assert "cos(∇L_gnn, ∇L_S test)" in text
+
+
+def test_gci_probe_mean_gradient_is_the_descent_direction_of_the_batches_mean_loss():
+    import gci_probe
+    import torch
+    from test_model import make_batch, tiny
+
+    model = tiny(**{"losses.vi": 1.0}).eval()
+    batches = [make_batch(B=4, seed=s) for s in (0, 1)]
+
+    def mean_loss():
+        with torch.no_grad():
+            return sum(float(model(b)["losses"]["vi"]) for b in batches) / len(batches)
+
+    g = gci_probe.mean_gradient(model, batches, "vi")
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert g.numel() == sum(p.numel() for p in params) and g.norm() > 0
+    before = mean_loss()
+    step = 1e-4 / float(g.norm())
+    with torch.no_grad():  # a short step down the returned vector lowers the mean loss by about step * |g|^2
+        offset = 0
+        for p in params:
+            p -= step * g[offset: offset + p.numel()].view_as(p)
+            offset += p.numel()
+    drop = before - mean_loss()
+    assert drop == pytest.approx(step * float(g @ g), rel=0.2)
+    # a loss the model does not reach through some parameters leaves zeros there, not an error
+    g_base = gci_probe.mean_gradient(model, batches, "base")
+    assert g_base.shape == g.shape and (g_base == 0).any()
 
 
 def test_smf_probe_trains_only_the_cross_encoder_and_writes_its_section(tmp_path):
