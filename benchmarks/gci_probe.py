@@ -1,6 +1,7 @@
 """Where GCI's cost at batch 32 comes from, on selection seeds.
 
-    python benchmarks/gci_probe.py --jobs 2   # about 10 min on a quiet 2-core CPU (runs are cached with accuracy.py's)
+    python benchmarks/gci_probe.py --jobs 2   # about 30 min on a quiet 2-core CPU (the R@1 runs are cached with accuracy.py's;
+                                              # the gradient-alignment runs, about 4 min, are not)
     python benchmarks/gci_probe.py --smoke    # a minute; what tests/test_benchmarks.py runs
 
 The accuracy benchmark's diagnostic pair "GCI at batch 32" finds that GCI costs R@1 on ``default``
