@@ -235,7 +235,7 @@ def gradient_alignment(cfg: accuracy.AccuracyConfig, models: dict, seeds, preset
         result[name] = [{"epoch": e, **{k: statistics.fmean(r[k] for r in group)
                                         for k in group[0] if k not in ("epoch", "seed")}}
                         for e, group in sorted(by_epoch.items())]
-    return {"seeds": list(seeds), "batches": batches, "models": result}
+    return {"seeds": list(seeds), "batches": batches, "runs": len(runs), "models": result}
 
 
 def _alignment_markdown(alignment: Optional[dict]) -> list[str]:
@@ -268,6 +268,16 @@ def _provenance(result: dict) -> str:
     return f"{fresh} of {runs} training runs trained here, the others read from {cache}"
 
 
+def _more_runs(result: dict) -> str:
+    parts = []
+    if result.get("by_size"):
+        parts.append(f"{result['by_size']['fresh_runs']} of the {result['by_size']['runs']} runs on other training-set "
+                     "sizes trained here")
+    if result.get("alignment"):
+        parts.append(f"{result['alignment']['runs']} gradient-alignment runs, which are never cached, trained here")
+    return "".join(f"; {p}" for p in parts)
+
+
 def markdown(result: dict, command: str, seconds: float, info: dict) -> str:
     base = result["baseline"]
     rows = [[name, v["removes"], f"{v['R@1']:.1f}", accuracy._bold_if_clear(v["vs_no_gci"])]
@@ -276,8 +286,8 @@ def markdown(result: dict, command: str, seconds: float, info: dict) -> str:
                   for name, v in [("no GCI", base), *result["variants"].items()]]
     return "\n".join([
         f"## Where GCI's cost at batch 32 comes from (`{result['preset']}`, selection seeds)", "",
-        f"Command: `{command}` — finished in {seconds / 60:.1f} min wall ({_provenance(result)}); the runs' own "
-        f"CPU time adds up to {result['cpu_s'] / 60:.1f} CPU-min.", "",
+        f"Command: `{command}` — finished in {seconds / 60:.1f} min wall ({_provenance(result)}{_more_runs(result)}); "
+        f"the first table's runs' own CPU time adds up to {result['cpu_s'] / 60:.1f} CPU-min.", "",
         common.machine_markdown(info), "",
         f"The accuracy benchmark's sizes and code path on `{result['preset']}`, trained with "
         f"`{json.dumps(result['budget'])}` as its diagnostic pair \"GCI at batch 32\", on seeds {result['seeds']} "
