@@ -21,6 +21,12 @@ Then it asks whether the cost is one of small training sets: full GCI and L_base
 GCI, on sets that differ only in the number of training clips per product (``DATA_SIZES``; the
 standard mode's sets have 3), with the same epochs, so more data is also more optimiser steps.
 
+Then whether the cost is laid down early or late: GCI's losses for the first epochs only
+(:func:`switched_runs`: the run stops at the end of that epoch and resumes from its checkpoint with
+``losses.gnn`` and ``losses.reg`` at 0; resuming restores the optimiser, the schedule and the data
+order), paired against no GCI, with the same stop and resume on no GCI as the control that resuming
+changes nothing.
+
 Last, when L_gnn turns against retrieval: full GCI and no GCI are trained again with every epoch's
 checkpoint kept, and at each scored epoch the gradient of L_gnn on fixed training batches is compared
 with the gradient of L_S, the InfoNCE on the score that retrieval ranks by (v·p + λ a·t), on fixed
@@ -78,6 +84,7 @@ DATA_SIZES = (3, 6, 12)
 SIZE_VARIANTS = ("full GCI", "no GCI, L_base × 4")
 
 GRADIENT_BATCHES = 5  # fixed batches of training pairs and of test pairs, per checkpoint
+SWITCH_EPOCHS = (2, 4)  # GCI's losses for the first this many epochs only
 
 
 def probe(cfg: accuracy.AccuracyConfig, variants: dict, baseline: accuracy.ModelSpec, seeds, preset: str,
@@ -138,6 +145,97 @@ def probe_sizes(cfg: accuracy.AccuracyConfig, sizes, variants: dict, baseline: a
         })
     return {"sizes": result, "runs": len(rows), "fresh_runs": sum(not r.get("from_cache") for r in rows),
             "cpu_s": sum(r["cpu_s"] for r in rows)}
+
+
+def _switched_run(args) -> dict:
+    """Train ``spec`` for its first ``epoch`` epochs, then resume from that checkpoint with the model
+    config's ``after`` overrides (dotted ``losses.*`` keys); scored at the end like ``run_one``."""
+    import math
+    import shutil
+
+    import torch
+
+    import sgmn
+    from sgmn.data.dataset import NoTextVectors, TrainPairs
+    from sgmn.data.readers import read_dataset
+    from sgmn.eval.protocol import evaluate
+    from sgmn.train.loop import train
+
+    cfg, spec, synth, out, pretrained, threads, epoch, after, label, preset = args
+    if threads:
+        torch.set_num_threads(threads)
+    data_dir = accuracy.ensure_data(synth, out / "data")
+    data = read_dataset(data_dir, "lpr4m")
+    train_cfg = accuracy.train_config(cfg, spec, synth.seed)
+    steps_per_epoch = math.ceil(len(TrainPairs(data, "train", train=False, text=NoTextVectors(1))) / train_cfg.batch_size)
+    run_dir = out / "gci-probe-switch" / f"{accuracy.run_key(cfg, spec, synth, pretrained['key'])}-{epoch}"
+    overrides = dict(spec.overrides_dict(), **{"text.cache_dir": str(out / "text-cache"),
+                                               "vision.pretrained": pretrained["path"]})
+    shutil.rmtree(run_dir, ignore_errors=True)
+    train(data_dir, "lpr4m", spec.variant, run_dir, model_overrides=overrides,
+          train_config=dataclasses.replace(train_cfg, max_steps=epoch * steps_per_epoch))
+    checkpoint = run_dir / f"epoch-{epoch:03d}"
+    config = json.loads((checkpoint / "config.json").read_text())
+    for key, value in after.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    (checkpoint / "config.json").write_text(json.dumps(config, indent=1))
+    result = train(data_dir, "lpr4m", spec.variant, run_dir, train_config=train_cfg, resume=checkpoint)
+    scored = evaluate(sgmn.load_model(run_dir / f"epoch-{result.epochs_completed:03d}"), data, split="test",
+                      progress=False)
+    ranks = accuracy.query_hits(scored.rankings, scored.ground_truth)
+    queries = sorted(ranks)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return {"model": label, "preset": preset, "seed": synth.seed, "data": accuracy.data_key(synth),
+            "R@1": scored.metrics["R@1"], "queries": queries, "steps": result.step,
+            "last_losses": sorted(result.last_losses),
+            "hits@1": [int(ranks[q] is not None and ranks[q] <= 1) for q in queries],
+            "hits@5": [int(ranks[q] is not None and ranks[q] <= 5) for q in queries]}
+
+
+def switched_runs(cfg: accuracy.AccuracyConfig, full: accuracy.ModelSpec, baseline: accuracy.ModelSpec, epochs,
+                  seeds, preset: str, out: Path, pretrained: dict, jobs: int = 1,
+                  threads: Optional[int] = None) -> dict:
+    """GCI's losses for the first ``epochs`` epochs only, and no GCI stopped and resumed unchanged at
+    the first of them (the control), each paired against ``baseline`` trained without a stop."""
+    off = {"losses.gnn": 0.0, "losses.reg": 0.0}
+    plans = {f"GCI for the first {e} epochs": (full, e, off) for e in epochs}
+    plans["no GCI, stopped and resumed (control)"] = (baseline, epochs[0], {})
+    args, tasks = [], []
+    for seed in seeds:
+        synth = accuracy.synth_config(cfg, preset, seed)
+        tasks.append((cfg, baseline, synth, out, pretrained, {"preset": preset}))
+        args += [(cfg, spec, synth, out, pretrained, threads, e, after, name, preset)
+                 for name, (spec, e, after) in plans.items()]
+    rows = accuracy.run_all(tasks, jobs, threads)  # the baseline, from the cache
+    if jobs <= 1:
+        rows += [_switched_run(a) for a in args]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows += list(pool.map(_switched_run, args))
+    result = {}
+    for name, (spec, epoch, after) in plans.items():
+        mine = sorted((r for r in rows if r["model"] == name), key=lambda r: r["seed"])
+        result[name] = {"epochs": epoch, "after": after, "per_seed": [r["R@1"] for r in mine],
+                        "steps": [r["steps"] for r in mine], "last_losses": mine[0]["last_losses"],
+                        "R@1": statistics.fmean(r["R@1"] for r in mine),
+                        "vs_no_gci": accuracy.paired_effect(rows, preset, name, baseline.label, cfg.n_boot)}
+    return {"plans": result, "runs": len(args)}
+
+
+def _switch_markdown(switch: Optional[dict]) -> list[str]:
+    if not switch:
+        return []
+    rows = [[name, f"{v['R@1']:.1f}", accuracy._bold_if_clear(v["vs_no_gci"])] for name, v in switch["plans"].items()]
+    return [
+        "", "Whether the cost is laid down early: GCI's losses (L_gnn, L_reg) for the first epochs only, then the "
+        "same run without them (stopped at that epoch's end and resumed from its checkpoint, optimiser, schedule "
+        "and data order restored), paired against no GCI; the control stops and resumes no GCI without a change:",
+        "", common.markdown_table(["model", "R@1", "− no GCI"], rows),
+    ]
 
 
 def mean_gradient(model, batches: list, loss: str) -> "torch.Tensor":
@@ -273,6 +371,8 @@ def _more_runs(result: dict) -> str:
     if result.get("by_size"):
         parts.append(f"{result['by_size']['fresh_runs']} of the {result['by_size']['runs']} runs on other training-set "
                      "sizes trained here")
+    if result.get("switch"):
+        parts.append(f"{result['switch']['runs']} stopped-and-resumed runs, never cached, trained here")
     if result.get("alignment"):
         parts.append(f"{result['alignment']['runs']} gradient-alignment runs, which are never cached, trained here")
     return "".join(f"; {p}" for p in parts)
@@ -301,6 +401,7 @@ def markdown(result: dict, command: str, seconds: float, info: dict) -> str:
         "each variant gains or loses against no GCI:", "",
         common.markdown_table(["model", *(f"epoch {e}" for e in result["curve_epochs"])], curve_rows),
         *_sizes_markdown(result.get("by_size")),
+        *_switch_markdown(result.get("switch")),
         *_alignment_markdown(result.get("alignment")),
     ])
 
@@ -323,7 +424,7 @@ def _sizes_markdown(by_size: Optional[dict]) -> list[str]:
 
 def run(cfg: accuracy.AccuracyConfig, variants: dict, baseline: accuracy.ModelSpec, seeds, preset: str, doc: Path,
         json_path: Path, out: Path, command: str, jobs: int = 1, threads: Optional[int] = None,
-        sizes: tuple[int, ...] = (), batches: int = GRADIENT_BATCHES) -> dict:
+        sizes: tuple[int, ...] = (), batches: int = GRADIENT_BATCHES, switch_epochs: tuple[int, ...] = ()) -> dict:
     info = common.machine_info()
     t0 = time.perf_counter()
     pretrained = accuracy.ensure_pretrain(cfg, out)
@@ -331,6 +432,9 @@ def run(cfg: accuracy.AccuracyConfig, variants: dict, baseline: accuracy.ModelSp
     if sizes:
         result["by_size"] = probe_sizes(cfg, sizes, {n: variants[n][0] for n in SIZE_VARIANTS if n in variants},
                                         baseline, seeds, preset, out, pretrained, jobs, threads)
+    if switch_epochs:
+        result["switch"] = switched_runs(cfg, variants["full GCI"][0], baseline, switch_epochs, seeds, preset, out,
+                                         pretrained, jobs, threads)
     result["alignment"] = gradient_alignment(cfg, {"full GCI": variants["full GCI"][0], "no GCI": baseline}, seeds,
                                              preset, out, pretrained, jobs, threads, batches)
     seconds = time.perf_counter() - t0
@@ -343,19 +447,19 @@ def run(cfg: accuracy.AccuracyConfig, variants: dict, baseline: accuracy.ModelSp
 def main(argv: Optional[list[str]] = None) -> None:
     args, threads = accuracy.selection_script_args(
         __doc__.split("\n")[0], JSON_PATH, "two variants at the accuracy smoke sizes and budget", argv)
-    variants, baseline, sizes, batches = VARIANTS, WITHOUT, DATA_SIZES, GRADIENT_BATCHES
+    variants, baseline, sizes, batches, switch = VARIANTS, WITHOUT, DATA_SIZES, GRADIENT_BATCHES, SWITCH_EPOCHS
     if args.smoke:
         # the smoke sets are too small for batch 32: the smoke budget, one seed, two variants
         cfg, seeds, preset = accuracy.mode_config("smoke"), SELECTION_SEEDS[:1], "easy"
         variants = {k: (dataclasses.replace(spec, train=()), removes)
                     for k, (spec, removes) in VARIANTS.items() if k in ("full GCI", "L_reg alone")}
         baseline = dataclasses.replace(WITHOUT, train=())
-        sizes, batches = (2, 3), 2  # the smoke sets have 2 clips per product
+        sizes, batches, switch = (2, 3), 2, (1,)  # the smoke sets have 2 clips per product; 2 epochs
     else:
         cfg, seeds, preset = accuracy.mode_config("standard"), SELECTION_SEEDS, PRESET
     command = common.command_line() if argv is None else "python benchmarks/gci_probe.py " + " ".join(argv)
     run(cfg, variants, baseline, seeds, preset, args.doc, args.json, args.out, command, args.jobs, threads, sizes,
-        batches)
+        batches, switch)
 
 
 if __name__ == "__main__":

@@ -350,6 +350,13 @@ def test_gci_probe_pairs_each_variant_against_no_gci_and_writes_its_section(tmp_
     assert set(small["vs_no_gci"]) == {"full GCI"}
     assert small["vs_no_gci"]["full GCI"] == result["variants"]["full GCI"]["vs_no_gci"]
     assert small["baseline_R@1"] == pytest.approx(base["R@1"])
+    # GCI's losses for the first epoch only: the resumed run trains the whole budget without them, and
+    # the control (no GCI stopped and resumed unchanged) scores exactly as no GCI trained without a stop
+    switch = result["switch"]["plans"]
+    early, control = switch["GCI for the first 1 epochs"], switch["no GCI, stopped and resumed (control)"]
+    assert "gnn" not in early["last_losses"] and "reg" not in early["last_losses"] and "base" in early["last_losses"]
+    assert early["steps"] == control["steps"] and control["per_seed"] == base["per_seed"]
+    assert control["vs_no_gci"]["mean"] == 0.0
     # gradient alignment: every scored epoch of both models; L_gnn's cosines only where there is a graph
     gci, no_gci = result["alignment"]["models"]["full GCI"], result["alignment"]["models"]["no GCI"]
     assert [r["epoch"] for r in gci] == [r["epoch"] for r in no_gci] == result["curve_epochs"]
