@@ -149,7 +149,8 @@ def probe_sizes(cfg: accuracy.AccuracyConfig, sizes, variants: dict, baseline: a
 
 def _switched_run(args) -> dict:
     """Train ``spec`` for its first ``epoch`` epochs, then resume from that checkpoint with the model
-    config's ``after`` overrides (dotted ``losses.*`` keys); scored at the end like ``run_one``."""
+    config's ``after`` overrides (dotted ``losses.*`` keys), with the optimiser's moments emptied when
+    ``reset``; scored at the end like ``run_one``."""
     import math
     import shutil
 
@@ -161,7 +162,7 @@ def _switched_run(args) -> dict:
     from sgmn.eval.protocol import evaluate
     from sgmn.train.loop import train
 
-    cfg, spec, synth, out, pretrained, threads, epoch, after, label, preset = args
+    cfg, spec, synth, out, pretrained, threads, epoch, after, reset, label, preset = args
     if threads:
         torch.set_num_threads(threads)
     data_dir = accuracy.ensure_data(synth, out / "data")
@@ -180,6 +181,10 @@ def _switched_run(args) -> dict:
         section, name = key.split(".")
         config[section][name] = value
     (checkpoint / "config.json").write_text(json.dumps(config, indent=1))
+    if reset:  # AdamW's moments (and its bias correction) start afresh; the schedule and the data order do not
+        state = torch.load(checkpoint / "train_state.pt", weights_only=False)
+        state["optimizer"]["state"] = {}
+        torch.save(state, checkpoint / "train_state.pt")
     result = train(data_dir, "lpr4m", spec.variant, run_dir, train_config=train_cfg, resume=checkpoint)
     scored = evaluate(sgmn.load_model(run_dir / f"epoch-{result.epochs_completed:03d}"), data, split="test",
                       progress=False)
@@ -199,14 +204,17 @@ def switched_runs(cfg: accuracy.AccuracyConfig, full: accuracy.ModelSpec, baseli
     """GCI's losses for the first ``epochs`` epochs only, and no GCI stopped and resumed unchanged at
     the first of them (the control), each paired against ``baseline`` trained without a stop."""
     off = {"losses.gnn": 0.0, "losses.reg": 0.0}
-    plans = {f"GCI for the first {e} epochs": (full, e, off) for e in epochs}
-    plans["no GCI, stopped and resumed (control)"] = (baseline, epochs[0], {})
+    plans = {f"GCI for the first {e} epochs": (full, e, off, False) for e in epochs}
+    plans["no GCI, stopped and resumed (control)"] = (baseline, epochs[0], {}, False)
+    # whether what lasts is in the weights or in AdamW's moments, which L_gnn's gradients filled
+    plans[f"GCI for the first {epochs[0]} epochs, optimiser moments reset"] = (full, epochs[0], off, True)
+    plans["no GCI, stopped and resumed, optimiser moments reset"] = (baseline, epochs[0], {}, True)
     args, tasks = [], []
     for seed in seeds:
         synth = accuracy.synth_config(cfg, preset, seed)
         tasks.append((cfg, baseline, synth, out, pretrained, {"preset": preset}))
-        args += [(cfg, spec, synth, out, pretrained, threads, e, after, name, preset)
-                 for name, (spec, e, after) in plans.items()]
+        args += [(cfg, spec, synth, out, pretrained, threads, e, after, reset, name, preset)
+                 for name, (spec, e, after, reset) in plans.items()]
     rows = accuracy.run_all(tasks, jobs, threads)  # the baseline, from the cache
     if jobs <= 1:
         rows += [_switched_run(a) for a in args]
@@ -217,24 +225,32 @@ def switched_runs(cfg: accuracy.AccuracyConfig, full: accuracy.ModelSpec, baseli
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             rows += list(pool.map(_switched_run, args))
     result = {}
-    for name, (spec, epoch, after) in plans.items():
+    reset_control = "no GCI, stopped and resumed, optimiser moments reset"
+    for name, (spec, epoch, after, reset) in plans.items():
         mine = sorted((r for r in rows if r["model"] == name), key=lambda r: r["seed"])
-        result[name] = {"epochs": epoch, "after": after, "per_seed": [r["R@1"] for r in mine],
+        result[name] = {"epochs": epoch, "after": after, "reset": reset, "per_seed": [r["R@1"] for r in mine],
                         "steps": [r["steps"] for r in mine], "last_losses": mine[0]["last_losses"],
                         "R@1": statistics.fmean(r["R@1"] for r in mine),
-                        "vs_no_gci": accuracy.paired_effect(rows, preset, name, baseline.label, cfg.n_boot)}
+                        "vs_no_gci": accuracy.paired_effect(rows, preset, name, baseline.label, cfg.n_boot),
+                        "vs_reset_control": accuracy.paired_effect(rows, preset, name, reset_control, cfg.n_boot)
+                        if reset and name != reset_control else None}
     return {"plans": result, "runs": len(args)}
 
 
 def _switch_markdown(switch: Optional[dict]) -> list[str]:
     if not switch:
         return []
-    rows = [[name, f"{v['R@1']:.1f}", accuracy._bold_if_clear(v["vs_no_gci"])] for name, v in switch["plans"].items()]
+    rows = [[name, f"{v['R@1']:.1f}", accuracy._bold_if_clear(v["vs_no_gci"]),
+             accuracy._bold_if_clear(v["vs_reset_control"]) if v.get("vs_reset_control") else "–"]
+            for name, v in switch["plans"].items()]
     return [
         "", "Whether the cost is laid down early: GCI's losses (L_gnn, L_reg) for the first epochs only, then the "
         "same run without them (stopped at that epoch's end and resumed from its checkpoint, optimiser, schedule "
-        "and data order restored), paired against no GCI; the control stops and resumes no GCI without a change:",
-        "", common.markdown_table(["model", "R@1", "− no GCI"], rows),
+        "and data order restored), paired against no GCI; the control stops and resumes no GCI without a change. "
+        "The last two rows also empty AdamW's moments at the stop (its bias correction starts again; the schedule "
+        "and the data order stay), which tells whether what lasts is in the weights or in the moments that L_gnn's gradients filled; "
+        "the GCI row is paired against the reset control as well:",
+        "", common.markdown_table(["model", "R@1", "− no GCI", "− no GCI with the same reset"], rows),
     ]
 
 

@@ -357,6 +357,10 @@ def test_gci_probe_pairs_each_variant_against_no_gci_and_writes_its_section(tmp_
     assert "gnn" not in early["last_losses"] and "reg" not in early["last_losses"] and "base" in early["last_losses"]
     assert early["steps"] == control["steps"] and control["per_seed"] == base["per_seed"]
     assert control["vs_no_gci"]["mean"] == 0.0
+    reset, reset_control = (switch["GCI for the first 1 epochs, optimiser moments reset"],
+                            switch["no GCI, stopped and resumed, optimiser moments reset"])
+    assert reset["reset"] and reset_control["reset"] and not early["reset"]
+    assert reset["vs_reset_control"]["mean"] == pytest.approx(reset["per_seed"][0] - reset_control["per_seed"][0])
     # gradient alignment: every scored epoch of both models; L_gnn's cosines only where there is a graph
     gci, no_gci = result["alignment"]["models"]["full GCI"], result["alignment"]["models"]["no GCI"]
     assert [r["epoch"] for r in gci] == [r["epoch"] for r in no_gci] == result["curve_epochs"]
