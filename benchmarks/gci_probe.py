@@ -248,7 +248,7 @@ def _switch_markdown(switch: Optional[dict]) -> list[str]:
         "same run without them (stopped at that epoch's end and resumed from its checkpoint, optimiser, schedule "
         "and data order restored), paired against no GCI; the control stops and resumes no GCI without a change. "
         "The last two rows also empty AdamW's moments at the stop (its bias correction starts again; the schedule "
-        "and the data order stay), which tells whether what lasts is in the weights or in the moments that L_gnn's gradients filled; "
+        "and the data order stay), which asks whether what lasts is in the weights or in the moments that L_gnn's gradients filled; "
         "the GCI row is paired against the reset control as well:",
         "", common.markdown_table(["model", "R@1", "− no GCI", "− no GCI with the same reset"], rows),
     ]
