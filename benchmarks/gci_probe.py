@@ -183,6 +183,8 @@ def _switched_run(args) -> dict:
     (checkpoint / "config.json").write_text(json.dumps(config, indent=1))
     if reset:  # AdamW's moments (and its bias correction) start afresh; the schedule and the data order do not
         state = torch.load(checkpoint / "train_state.pt", weights_only=False)
+        if not state["optimizer"]["state"]:
+            raise RuntimeError(f"{checkpoint}: the saved optimiser has no moments to reset")
         state["optimizer"]["state"] = {}
         torch.save(state, checkpoint / "train_state.pt")
     result = train(data_dir, "lpr4m", spec.variant, run_dir, train_config=train_cfg, resume=checkpoint)
