@@ -257,9 +257,11 @@ def run_key(cfg: AccuracyConfig, spec: ModelSpec, synth, pretrain_key: Optional[
     return hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def train_run(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path, pretrained: Optional[dict], run_dir: Path):
-    """Train ``spec`` on ``synth`` into ``run_dir`` (emptied first) as every run here does; the
-    ``TrainResult`` (checkpoints stay in ``run_dir``)."""
+def train_run(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path, pretrained: Optional[dict], run_dir: Path,
+              train_cfg=None):
+    """Train ``spec`` on ``synth`` into ``run_dir`` (emptied first) as every run here does (with
+    ``train_cfg`` in place of :func:`train_config`'s when given); the ``TrainResult`` (checkpoints
+    stay in ``run_dir``)."""
     from sgmn.train.loop import train
 
     overrides = dict(spec.overrides_dict(), **{"text.cache_dir": str(out / "text-cache")})
@@ -267,7 +269,17 @@ def train_run(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path, pretrained
         overrides["vision.pretrained"] = pretrained["path"]
     shutil.rmtree(run_dir, ignore_errors=True)
     return train(ensure_data(synth, out / "data"), "lpr4m", spec.variant, run_dir,
-                 train_config=train_config(cfg, spec, synth.seed), model_overrides=overrides)
+                 train_config=train_cfg or train_config(cfg, spec, synth.seed), model_overrides=overrides)
+
+
+def hits_by_query(scored) -> dict:
+    """An ``evaluate`` result's queries (sorted) and their hits at rank 1 and 5, as the paired
+    effects need them."""
+    ranks = query_hits(scored.rankings, scored.ground_truth)
+    queries = sorted(ranks)
+    return {"queries": queries,
+            "hits@1": [int(ranks[q] is not None and ranks[q] <= 1) for q in queries],
+            "hits@5": [int(ranks[q] is not None and ranks[q] <= 5) for q in queries]}
 
 
 def run_one(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path, pretrained: Optional[dict],
@@ -306,10 +318,8 @@ def run_one(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path, pretrained: 
         final = res
     eval_s = time.perf_counter() - t0
     metrics = final.metrics
-    ranks = query_hits(final.rankings, final.ground_truth)
-    queries = sorted(ranks)
-    hits1 = [int(ranks[q] is not None and ranks[q] <= 1) for q in queries]
-    hits5 = [int(ranks[q] is not None and ranks[q] <= 5) for q in queries]
+    hits = hits_by_query(final)
+    hits1 = hits["hits@1"]
     if not math.isclose(100.0 * sum(hits1) / len(hits1), metrics["R@1"], abs_tol=1e-6):
         raise RuntimeError(f"{spec.label}: per-query hits disagree with evaluate()'s R@1 {metrics['R@1']}")
     row = {
@@ -318,7 +328,7 @@ def run_one(cfg: AccuracyConfig, spec: ModelSpec, synth, out: Path, pretrained: 
         **{k: metrics[k] for k in ("R@1", "R@3", "R@5", "R@10", "chance_R@1", "num_queries",
                                    "num_missing_predictions", "median_rank")},
         "gallery_products": metrics["protocol"]["gallery_products"],
-        "queries": queries, "hits@1": hits1, "hits@5": hits5, "curve": curve,
+        **hits, "curve": curve,
         "mechanism": mechanism_summary(metrics.get("mechanism") or {}),
         "recipe": {k: recipe[k] for k in ("recipe", "lr", "backbone_lr_factor")},
         "steps": result.step, "final_loss": result.last_losses.get("loss"),
@@ -375,15 +385,19 @@ def run_all(tasks: list[tuple], jobs: int, threads: Optional[int]) -> list[dict]
     """Run ``(cfg, spec, synth, out, pretrained, extra)`` tasks, in ``jobs`` processes when > 1;
     each result is ``{**run_one(...), **extra}``, in task order."""
     args = [(cfg, spec, synth, out, pretrained, threads, extra) for cfg, spec, synth, out, pretrained, extra in tasks]
-    if jobs <= 1:
-        results = [_run_task(a) for a in args]
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+    return [{**row, **extra} for extra, row in parallel_map(_run_task, args, jobs)]
 
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(_run_task, args))
-    return [{**row, **extra} for extra, row in results]
+
+def parallel_map(fn, args: list, jobs: int) -> list:
+    """``[fn(a) for a in args]``, in ``jobs`` fresh ("spawn") processes when > 1; ``fn`` must be a
+    top-level function, so that a process pool can pickle it."""
+    if jobs <= 1:
+        return [fn(a) for a in args]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(fn, args))
 
 
 # ---------------------------------------------------------------- statistics

@@ -170,11 +170,8 @@ def _switched_run(args) -> dict:
     train_cfg = accuracy.train_config(cfg, spec, synth.seed)
     steps_per_epoch = math.ceil(len(TrainPairs(data, "train", train=False, text=NoTextVectors(1))) / train_cfg.batch_size)
     run_dir = out / "gci-probe-switch" / f"{accuracy.run_key(cfg, spec, synth, pretrained['key'])}-{epoch}"
-    overrides = dict(spec.overrides_dict(), **{"text.cache_dir": str(out / "text-cache"),
-                                               "vision.pretrained": pretrained["path"]})
-    shutil.rmtree(run_dir, ignore_errors=True)
-    train(data_dir, "lpr4m", spec.variant, run_dir, model_overrides=overrides,
-          train_config=dataclasses.replace(train_cfg, max_steps=epoch * steps_per_epoch))
+    accuracy.train_run(cfg, spec, synth, out, pretrained, run_dir,
+                       dataclasses.replace(train_cfg, max_steps=epoch * steps_per_epoch))
     checkpoint = run_dir / f"epoch-{epoch:03d}"
     config = json.loads((checkpoint / "config.json").read_text())
     for key, value in after.items():
@@ -190,14 +187,10 @@ def _switched_run(args) -> dict:
     result = train(data_dir, "lpr4m", spec.variant, run_dir, train_config=train_cfg, resume=checkpoint)
     scored = evaluate(sgmn.load_model(run_dir / f"epoch-{result.epochs_completed:03d}"), data, split="test",
                       progress=False)
-    ranks = accuracy.query_hits(scored.rankings, scored.ground_truth)
-    queries = sorted(ranks)
     shutil.rmtree(run_dir, ignore_errors=True)
     return {"model": label, "preset": preset, "seed": synth.seed, "data": accuracy.data_key(synth),
-            "R@1": scored.metrics["R@1"], "queries": queries, "steps": result.step,
-            "last_losses": sorted(result.last_losses),
-            "hits@1": [int(ranks[q] is not None and ranks[q] <= 1) for q in queries],
-            "hits@5": [int(ranks[q] is not None and ranks[q] <= 5) for q in queries]}
+            "R@1": scored.metrics["R@1"], "steps": result.step, "last_losses": sorted(result.last_losses),
+            **accuracy.hits_by_query(scored)}
 
 
 def switched_runs(cfg: accuracy.AccuracyConfig, full: accuracy.ModelSpec, baseline: accuracy.ModelSpec, epochs,
@@ -218,14 +211,7 @@ def switched_runs(cfg: accuracy.AccuracyConfig, full: accuracy.ModelSpec, baseli
         args += [(cfg, spec, synth, out, pretrained, threads, e, after, reset, name, preset)
                  for name, (spec, e, after, reset) in plans.items()]
     rows = accuracy.run_all(tasks, jobs, threads)  # the baseline, from the cache
-    if jobs <= 1:
-        rows += [_switched_run(a) for a in args]
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows += list(pool.map(_switched_run, args))
+    rows += accuracy.parallel_map(_switched_run, args, jobs)
     result = {}
     reset_control = "no GCI, stopped and resumed, optimiser moments reset"
     for name, (spec, epoch, after, reset) in plans.items():
@@ -303,11 +289,12 @@ def _alignment_run(args) -> list[dict]:
     data = read_dataset(accuracy.ensure_data(synth, out / "data"), "lpr4m")
     batch_size = accuracy.train_config(cfg, spec, synth.seed).batch_size
     epochs = result.epochs_completed
-    rows = []
+    rows, train, test = [], None, None
     for epoch in sorted({*range(cfg.curve_every, epochs + 1, cfg.curve_every), epochs}):
         model = sgmn.load_model(run_dir / f"epoch-{epoch:03d}").eval()  # no dropout: the same batches, the same loss
         model.config.losses.vi = 1.0  # L_S: computed for the measurement, never trained here
-        train, test = (_fixed_batches(data, split, model, batch_size, batches) for split in ("train", "test"))
+        if train is None:  # the same batches at every epoch (they depend on the config's sizes alone)
+            train, test = (_fixed_batches(data, split, model, batch_size, batches) for split in ("train", "test"))
         s_test, s_train = mean_gradient(model, test, "vi"), mean_gradient(model, train, "vi")
         row = {"epoch": epoch, "seed": synth.seed}
         with torch.no_grad():
@@ -334,14 +321,7 @@ def gradient_alignment(cfg: accuracy.AccuracyConfig, models: dict, seeds, preset
         synth = accuracy.synth_config(cfg, preset, seed)
         accuracy.ensure_data(synth, out / "data")
         args += [(cfg, spec, synth, out, pretrained, threads, batches) for spec in models.values()]
-    if jobs <= 1:
-        runs = [_alignment_run(a) for a in args]
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            runs = list(pool.map(_alignment_run, args))
+    runs = accuracy.parallel_map(_alignment_run, args, jobs)
     result = {}
     for i, name in enumerate(models):
         rows = [row for run in runs[i::len(models)] for row in run]
