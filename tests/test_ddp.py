@@ -26,9 +26,11 @@ LABELS = [0, 1, 0, 2, 3, 1, 4, 4]
 
 
 def tiny_model():
-    # All components on (TGA, TDB, GCI, SMF, text), dropout 0 so train mode is deterministic.
+    # All components on (TGA, TDB, GCI, SMF with both L_pair directions, text), dropout 0 so train
+    # mode is deterministic.
     torch.manual_seed(0)
-    model = sgmn.create_model("sgmn-tiny", dropout=0.0, use_tga=True, use_tdb=True, use_gci=True, use_smf=True, use_text=True)
+    model = sgmn.create_model("sgmn-tiny", dropout=0.0, use_tga=True, use_tdb=True, use_gci=True, use_smf=True,
+                              use_text=True, smf_clip_rows=True)
     model.train()
     return model
 

@@ -158,6 +158,57 @@ def test_pairwise_loss_is_cross_entropy_with_target_zero_on_every_row():
     assert none.item() == 0.0 and none.requires_grad
 
 
+def test_clip_rows_classify_each_clip_among_products():
+    torch.manual_seed(0)
+    encoder = CrossEncoder(D, HEADS, layers=1)
+    G, k = 4, 2
+    products = _tokens(1, G, N, D)
+    clips = _tokens(2, G, T * N, D)
+    keep = torch.ones(G, T * N, dtype=torch.bool)
+    negatives = torch.tensor([[1, 2], [3, -1], [0, 1], [-1, -1]])  # product indices per clip
+    valid = negatives >= 0
+    loss = pairwise_matching_loss(encoder, products, clips, keep, torch.arange(G), negatives, valid, rows="clip")
+
+    def score(p, c):
+        return encoder(products[p : p + 1], clips[c : c + 1], keep[c : c + 1])[0].item()
+
+    expected = 0.0
+    for c in range(3):  # clip 3 has no negative: nothing to classify
+        s = [score(p, c) for p in [c] + [int(p) for p in negatives[c] if p >= 0]]
+        expected += -s[0] + math.log(sum(math.exp(x) for x in s))
+    assert abs(loss.item() - expected / 3) < 1e-5
+    with pytest.raises(ValueError, match="rows must be"):
+        pairwise_matching_loss(encoder, products, clips, keep, torch.arange(G), negatives, valid, rows="both")
+
+
+def test_only_clip_rows_see_a_per_product_offset_of_the_score():
+    # Why smf_clip_rows exists: re-ranking orders the products of one clip, so an offset that
+    # favours some products changes its result; the published product rows cannot see it (each
+    # softmax row holds one product), the clip rows do.
+    torch.manual_seed(0)
+    encoder = CrossEncoder(D, HEADS, layers=1)
+    G, k = 4, 2
+    products, clips = _tokens(1, G, N, D), _tokens(2, G, T * N, D)
+    keep = torch.ones(G, T * N, dtype=torch.bool)
+    scores = torch.randn(G, G, generator=torch.Generator().manual_seed(5))  # (clips, products)
+    labels = torch.arange(G)
+    offset = torch.tensor([0.0, 3.0, -2.0, 1.0])  # a per-product bias added to every pair's prior
+
+    def losses(s):
+        by_product = mine_hard_negatives(s, labels, labels, k)
+        by_clip = mine_hard_negatives(s.t(), labels, labels, k)
+        out = []
+        for rows, neg, by_row in (("product", by_product, s.t()), ("clip", by_clip, s)):
+            prior = by_row.gather(1, torch.cat([labels[:, None], neg.indices], dim=1))
+            out.append(pairwise_matching_loss(encoder, products, clips, keep, labels, neg.indices, neg.valid,
+                                              prior=prior, rows=rows).item())
+        return out
+
+    (product_rows, clip_rows), (product_shifted, clip_shifted) = losses(scores / 10), losses((scores + offset) / 10)
+    assert abs(product_rows - product_shifted) < 1e-5
+    assert abs(clip_rows - clip_shifted) > 1e-2
+
+
 def test_rerank_scores_match_the_cross_encoder_and_are_deterministic():
     results = []
     for _ in range(2):

@@ -198,12 +198,18 @@ def test_training_forward_takes_positives_and_mined_negatives_by_product_id(monk
     labels = batch["labels"]
     out = model(batch)["losses"]
 
-    # mining: product 0 may only take clips 1 and 3; clip 2 (same product) is never its negative
-    (negatives,) = mined
-    for product in range(4):
-        chosen = negatives.indices[product][negatives.valid[product]]
-        assert (labels[chosen] != labels[product]).all(), product
-    assert negatives.valid[0].tolist() == [True, True, False]
+    # mining: product 0 may only take clips 1 and 3; clip 2 (same product) is never its negative;
+    # in the clip rows (smf_clip_rows), clip 0 likewise only products 1 and 3
+    model(batch)  # published default: one direction
+    assert len(mined) == 2
+    mined.clear()
+    tiny(smf_clip_rows=True)(batch)
+    by_product, by_clip = mined
+    for negatives in (by_product, by_clip):
+        for row in range(4):
+            chosen = negatives.indices[row][negatives.valid[row]]
+            assert (labels[chosen] != labels[row]).all(), row
+        assert negatives.valid[0].tolist() == [True, True, False]
 
     # L_base is Trip(v, p) with positives by product id, on the same v, p the inference API gives
     clips = model.encode_clips(batch["frames"], batch["frame_mask"], batch["patch_mask"],
@@ -216,6 +222,27 @@ def test_training_forward_takes_positives_and_mined_negatives_by_product_id(monk
     # the graph terms follow the labels too: distinct labels would give another L_gnn
     distinct = model(dict(batch, labels=torch.arange(4)))["losses"]
     assert (out["gnn"] - distinct["gnn"]).abs() > 1e-4
+
+
+def test_pair_loss_is_the_mean_of_the_product_rows_and_the_clip_rows(monkeypatch):
+    import sgmn.model.matching as matching
+
+    calls = []
+    loss_fn = matching.pairwise_matching_loss
+
+    def recording_loss(*args, **kwargs):
+        calls.append((kwargs.get("rows", "product"), loss_fn(*args, **kwargs)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(matching, "pairwise_matching_loss", recording_loss)
+    batch = make_batch()
+    both = tiny(smf_clip_rows=True)(batch)["losses"]["pair"]
+    assert [rows for rows, _ in calls] == ["product", "clip"]
+    torch.testing.assert_close(both, (calls[0][1] + calls[1][1]) / 2)
+    assert (calls[0][1] - calls[1][1]).abs() > 1e-4  # two different problems, not one counted twice
+    calls.clear()
+    published = tiny()(batch)["losses"]["pair"]
+    assert [rows for rows, _ in calls] == ["product"] and torch.equal(published, calls[0][1])
 
 
 def test_deterministic_under_a_seed():

@@ -140,6 +140,11 @@ class SGMNConfig:
     # True: L_pair's gradient also reaches the prior S, so the mined hard negatives train the
     # encoders directly (False: S is detached and only the cross encoder's output is trained)
     smf_prior_gradient: bool = False
+    # True: L_pair also has a row per clip (its own product against its k hardest products of other
+    # ids), the direction the re-ranker and the SMF accuracy rank in; the published rows are per
+    # product only, a softmax that is blind to any per-product offset of the cross encoder's score.
+    # Off (as published) until the accuracy benchmark has measured it (benchmarks/smf_rows.py)
+    smf_clip_rows: bool = False
 
     # Triplet loss (distance-weighted sampling, Wu et al. 2017)
     triplet_margin: float = 0.2

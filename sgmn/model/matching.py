@@ -7,13 +7,16 @@ tokens and the ASR into the clip's tokens (:class:`SelectiveFusion`); a :class:`
 scores the product against its positive clip and the mined negatives, and
 :func:`pairwise_matching_loss` applies cross-entropy with the positive (slot 0) as target on
 EVERY product row (the published code took the diagonal of a B x 4 matrix, so only 4 rows got a
-loss). At inference the cross encoder may optionally re-rank a retrieval's top-K (:func:`rerank`).
+loss). At inference the cross encoder may optionally re-rank a retrieval's top-K (:func:`rerank`),
+which ranks products for a clip: a direction the product rows never train (their softmax is blind
+to any per-product offset of the score); with ``SGMNConfig.smf_clip_rows`` each clip also classifies
+its own product among its k hardest products of other ids (``rows="clip"``).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import Literal, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +39,8 @@ def mine_hard_negatives(
     scores: (G_clips, G_products) multimodal score matrix S; labels: (G_clips,), (G_products,).
     Rows are sorted hardest first. When fewer than k clips of other products exist, the missing
     slots have ``valid`` False and index -1 (so misuse fails loudly instead of picking a clip of
-    the same product). Mining is a discrete choice: no gradient flows through it.
+    the same product). Mining is a discrete choice: no gradient flows through it. The clip rows'
+    mining is the same call on ``scores.t()``: each clip's k hardest products of other labels.
     """
     if scores.ndim != 2 or scores.shape != (clip_labels.shape[0], product_labels.shape[0]):
         raise ValueError(
@@ -185,46 +189,56 @@ def pairwise_matching_loss(
     product_tokens: torch.Tensor,
     clip_tokens: torch.Tensor,
     clip_keep: Optional[torch.Tensor],
-    positive_clip_index: torch.Tensor,
+    positive_index: torch.Tensor,
     negatives: torch.Tensor,
     valid: torch.Tensor,
     prior: Optional[torch.Tensor] = None,
     num_rows: Optional[Union[int, torch.Tensor]] = None,
     detach_prior: bool = True,
+    rows: Literal["product", "clip"] = "product",
 ) -> torch.Tensor:
-    """L_pair: each product against its positive clip and its k mined negatives.
+    """L_pair over rows of candidates: each row's positive against its k mined negatives.
 
-    product_tokens (G, N, d) (title already fused); clip_tokens (G, L, d) (ASR already fused),
-    clip_keep (G, L); positive_clip_index (G,) the clip of each product's pair (``arange(G)`` for
-    a paired batch); negatives, valid (G, k) from :func:`mine_hard_negatives`; prior (G, 1+k)
-    optional first-stage scores of the candidates (positive first), added to the cross encoder's
-    scores times ``cross_encoder.prior_weight``; detached unless ``detach_prior`` is False, in
-    which case the loss also trains whatever produced them.
+    ``rows="product"`` (the published direction): row r is product r (``product_tokens`` (R, N, d),
+    title already fused) against clips of ``clip_tokens`` (G, L, d) (ASR already fused, ``clip_keep``
+    (G, L)): its positive clip ``positive_index[r]`` (``arange`` for a paired batch) and the clips
+    ``negatives[r]``. ``rows="clip"`` (the re-ranker's direction): row r is clip r (``clip_tokens``
+    (R, L, d), ``clip_keep`` (R, L)) against products of ``product_tokens`` (G, N, d): its own
+    product ``positive_index[r]`` and the products ``negatives[r]``. negatives, valid (R, k) from
+    :func:`mine_hard_negatives`; prior (R, 1+k) optional first-stage scores of the candidates
+    (positive first), added to the cross encoder's scores times ``cross_encoder.prior_weight``;
+    detached unless ``detach_prior`` is False, in which case the loss also trains whatever
+    produced them.
 
-    Logits (G, 1+k) = [score(positive), score(negatives)], invalid negatives at -inf;
+    Logits (R, 1+k) = [score(positive), score(negatives)], invalid negatives at -inf;
     cross-entropy with target 0 on every row that has at least one valid negative, averaged over
     those rows (a row without a negative is no classification problem and would only dilute the
     mean). With no such row the result is an exact 0 attached to the graph. ``num_rows`` replaces
     the denominator (the count of rows with a negative): a rank scoring its shard of the rows of a
     global batch passes the global count, so the shards' results sum to the global mean.
 
-    Every (row, slot) pair goes through the cross encoder, the invalid ones (a clip index clamped
-    to 0) masked afterwards: selecting the valid pairs first would need their count on the host,
-    a sync that stalls a GPU. The result is the same.
+    Every (row, slot) pair goes through the cross encoder, the invalid ones (an index clamped to 0)
+    masked afterwards: selecting the valid pairs first would need their count on the host, a sync
+    that stalls a GPU. The result is the same.
     """
-    G, k = negatives.shape
+    if rows not in ("product", "clip"):
+        raise ValueError(f"rows must be 'product' or 'clip', got {rows!r}")
+    R, k = negatives.shape
     has_negative = valid.any(dim=1)
-    candidates = torch.cat([positive_clip_index[:, None], negatives.clamp(min=0)], dim=1)  # (G, 1+k)
+    candidates = torch.cat([positive_index[:, None], negatives.clamp(min=0)], dim=1).reshape(-1)  # (R*(1+k),)
     scored = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
-    clips = candidates.reshape(-1)
-    pair_scores = cross_encoder(
-        product_tokens.repeat_interleave(1 + k, dim=0), clip_tokens[clips], None if clip_keep is None else clip_keep[clips]
-    ).reshape(G, 1 + k)
+    if rows == "product":
+        pair_scores = cross_encoder(product_tokens.repeat_interleave(1 + k, dim=0), clip_tokens[candidates],
+                                    None if clip_keep is None else clip_keep[candidates])
+    else:
+        pair_scores = cross_encoder(product_tokens[candidates], clip_tokens.repeat_interleave(1 + k, dim=0),
+                                    None if clip_keep is None else clip_keep.repeat_interleave(1 + k, dim=0))
+    pair_scores = pair_scores.reshape(R, 1 + k)
     if prior is not None:  # invalid slots hold any value: they are masked below
         prior = prior.detach() if detach_prior else prior
         pair_scores = pair_scores + cross_encoder.prior_weight * prior.to(pair_scores.dtype)
     logits = pair_scores.float().masked_fill(~scored, float("-inf"))
-    target = torch.zeros(G, dtype=torch.long, device=logits.device)
+    target = torch.zeros(R, dtype=torch.long, device=logits.device)
     per_row = F.cross_entropy(logits, target, reduction="none")  # 0 for a row without a negative
     per_row = torch.where(has_negative, per_row, per_row.new_zeros(()))
     if num_rows is None:

@@ -280,34 +280,41 @@ class SGMN(RetrievalModel):
         return vec, mask.bool()
 
     def _pair_loss(self, clip, prod, patch_mask, frame_mask, v, p, a, t, a_mask, t_mask, labels) -> torch.Tensor:
-        """L_pair over the global batch: every product against its own clip and its k hardest
-        clips of other products, mined on S = v·p + λ·a·t.
+        """L_pair over the global batch, mined on S = v·p + λ·a·t: every product against its own
+        clip and its k hardest clips of other products (the published rows) and, with
+        ``smf_clip_rows``, every clip against its own product and its k hardest products of other
+        ids (the re-ranker's direction); the mean of the two directions' means.
 
-        Each rank fuses the text into its own tokens, gathers the fused clip tokens once (any clip
-        can be a mined negative) and scores only its own products' rows; the rows' shares of the
-        global mean are then summed over ranks."""
+        Each rank fuses the text into its own tokens, gathers the fused tokens of the other side
+        once (any clip or product can be a mined negative) and scores only its own rows; the rows'
+        shares of the global mean are then summed over ranks."""
         from sgmn.model.matching import mine_hard_negatives, pairwise_matching_loss
 
-        scores = self.score_tensors(v, p, a, t, a_mask, t_mask)
-        negatives = mine_hard_negatives(scores, labels, labels, self.config.smf_k)
+        scores = self.score_tensors(v, p, a, t, a_mask, t_mask)  # (G clips, G products)
         clip_tokens, keep, product_tokens = self._fuse_for_cross_encoder(
             clip["tokens"], frame_mask, patch_mask.bool() if patch_mask is not None else None,
             clip["a_raw"], clip["a_mask"], prod["tokens"], prod["t_raw"], prod["t_mask"],
         )
-        clip_tokens, keep = all_gather_with_grad(clip_tokens), all_gather_no_grad(keep)
         G = v.shape[0]
-        rows = shard_rows(G)  # this rank's products = its own pairs
+        rows = shard_rows(G)  # this rank's products and clips = its own pairs
         positives = torch.arange(G, device=v.device)
-        prior = None
-        if self.config.smf_score_prior:  # S of each (product, candidate clip), positive first
-            candidates = torch.cat([positives[:, None], negatives.indices.clamp(min=0)], dim=1)
-            prior = scores.t().gather(1, candidates)[rows]
-        local = pairwise_matching_loss(
-            self.cross, product_tokens, clip_tokens, keep, positives[rows], negatives.indices[rows], negatives.valid[rows],
-            prior=prior, num_rows=negatives.valid.any(dim=1).sum(),  # the global mean's denominator
-            detach_prior=not self.config.smf_prior_gradient,
-        )
-        return sum_of_shards(local)
+        directions = [("product", scores.t(), product_tokens, all_gather_with_grad(clip_tokens), all_gather_no_grad(keep))]
+        if self.config.smf_clip_rows:
+            directions.append(("clip", scores, all_gather_with_grad(product_tokens), clip_tokens, keep))
+        total = 0.0
+        for direction, by_row, product_side, clip_side, clip_keep in directions:
+            negatives = mine_hard_negatives(by_row.t(), labels, labels, self.config.smf_k)  # per row: k hardest others
+            prior = None
+            if self.config.smf_score_prior:  # S of each (row, candidate), positive first
+                candidates = torch.cat([positives[:, None], negatives.indices.clamp(min=0)], dim=1)
+                prior = by_row.gather(1, candidates)[rows]
+            local = pairwise_matching_loss(
+                self.cross, product_side, clip_side, clip_keep, positives[rows], negatives.indices[rows],
+                negatives.valid[rows], prior=prior, num_rows=negatives.valid.any(dim=1).sum(),  # the global mean's denominator
+                detach_prior=not self.config.smf_prior_gradient, rows=direction,
+            )
+            total = total + sum_of_shards(local)
+        return total / len(directions)
 
     def _fuse_for_cross_encoder(self, clip_tokens, frame_mask, patch_mask, a_raw, a_mask, product_tokens, t_raw, t_mask):
         """(B,T,N,d) clip tokens -> flattened (B,T·N,d) with ASR fused at the frame CLS positions and
