@@ -1,6 +1,6 @@
 """Does SMF's cross encoder learn the direction it is used in, when L_pair also has clip rows?
 
-    python benchmarks/smf_rows.py --jobs 2     # hard and default, seeds the accuracy benchmark never reports; ~15 min on 2 cores
+    python benchmarks/smf_rows.py --jobs 2     # hard and default, seeds the accuracy benchmark never reports; ~6 min on 2 cores
     python benchmarks/smf_rows.py --smoke      # seconds; what tests/test_benchmarks.py runs
 
 The published L_pair has one softmax row per product: the product against its own clip and its
@@ -146,6 +146,9 @@ highest-ranked other products). The seeds are ones the accuracy benchmark never 
 
 
 def run(cfg: RowsConfig, doc: Optional[Path] = common.DOC, out: Optional[Path] = None) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(cfg.threads)  # as every run's process: the machine table reports it
     started = time.perf_counter()
     info = common.machine_info()
     acc_cfg = accuracy.mode_config(cfg.mode)

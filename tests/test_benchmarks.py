@@ -420,6 +420,33 @@ def test_smf_probe_trains_only_the_cross_encoder_and_writes_its_section(tmp_path
     assert "<!-- smf-probe:start -->" in text and "Can SMF's cross encoder learn" in text
 
 
+def test_smf_rows_trains_the_clip_rows_in_one_variant_only_and_pairs_the_runs(tmp_path, monkeypatch):
+    import smf_rows
+
+    import sgmn.model.matching as matching
+
+    directions = []
+    loss_fn = matching.pairwise_matching_loss
+
+    def recording_loss(*args, **kwargs):
+        directions.append(kwargs.get("rows", "product"))
+        return loss_fn(*args, **kwargs)
+
+    monkeypatch.setattr(matching, "pairwise_matching_loss", recording_loss)
+    doc = tmp_path / "benchmarks.md"
+    rows = smf_rows.run(smf_rows.smoke_config(), doc=doc, out=tmp_path / "out")
+    # both variants train the same steps; only the clip-rows one adds a clip row per product row
+    assert directions.count("product") == 2 * directions.count("clip") > 0
+    models = {r["model"] for r in rows}
+    assert models == {"SGMN, published rows", "SGMN, published rows, re-ranked",
+                      "SGMN, with clip rows", "SGMN, with clip rows, re-ranked"}
+    assert len({(r["data"], tuple(r["queries"])) for r in rows}) == 1  # paired: the same data and queries
+    assert all(0 < r["chance"] < 1 and 0 <= r["smf"] <= 1 for r in rows if "smf" in r)
+    assert all(e is not None for _, e in smf_rows.effects(rows, "easy", 100))
+    text = doc.read_text()
+    assert "<!-- smf-rows:start -->" in text and "clip rows and re-ranking against the published default" in text
+
+
 # ---------------------------------------------------------------- accuracy breakdown by kind of query
 def _breakdown_set(root: Path, seed: int, **knobs) -> Path:
     from sgmn.data.synthetic import SynthConfig, generate
