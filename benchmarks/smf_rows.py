@@ -28,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -46,14 +46,10 @@ VARIANTS = {"published rows": (), "with clip rows": (("smf_clip_rows", True),)}
 @dataclass
 class RowsConfig:
     # Seeds the accuracy benchmark never reports (its selection seeds 100-102 and the fresh ones after them).
-    seeds: dict = None
+    seeds: dict = field(default_factory=lambda: {"hard": tuple(range(100, 109)), "default": tuple(range(100, 106))})
     mode: str = "standard"
     jobs: int = 1
     threads: int = 1
-
-    def __post_init__(self):
-        if self.seeds is None:
-            self.seeds = {"hard": tuple(range(100, 109)), "default": tuple(range(100, 106))}
 
 
 def smoke_config() -> RowsConfig:
@@ -83,7 +79,7 @@ def run_variant(args) -> list[dict]:
     shutil.rmtree(run_dir, ignore_errors=True)
     smf = plain.metrics["mechanism"]["smf_accuracy"]
     base = {"preset": preset, "seed": seed, "data": accuracy.data_key(synth), "steps": result.step}
-    rows = [dict(base, model=f"{spec.label}", smf=smf["accuracy"], chance=smf["chance"], **accuracy.hits_by_query(plain)),
+    rows = [dict(base, model=spec.label, smf=smf["accuracy"], chance=smf["chance"], **accuracy.hits_by_query(plain)),
             dict(base, model=f"{spec.label}, re-ranked", **accuracy.hits_by_query(reranked))]
     print(f"[smf-rows] {preset} seed {seed} {variant}: R@1 {100 * np.mean(rows[0]['hits@1']):.1f}, re-ranked "
           f"{100 * np.mean(rows[1]['hits@1']):.1f}, SMF accuracy {100 * smf['accuracy']:.1f}%", flush=True)

@@ -101,6 +101,16 @@ def test_cross_encoder_ignores_masked_clip_tokens_and_gets_gradients_everywhere(
         encoder(products, clips, torch.zeros(4, T * N, dtype=torch.bool))
 
 
+def _pair_scorer(encoder, products, clips, keep):
+    """The cross encoder's score of one (product, clip) pair, as a float."""
+    return lambda p, c: encoder(products[p : p + 1], clips[c : c + 1], keep[c : c + 1])[0].item()
+
+
+def _target_zero_cross_entropy(rows: list[list[float]]) -> float:
+    """Mean over rows of the cross-entropy with the first logit of each row as the target."""
+    return sum(-s[0] + math.log(sum(math.exp(x) for x in s)) for s in rows) / len(rows)
+
+
 def test_pairwise_loss_is_cross_entropy_with_target_zero_on_every_row():
     torch.manual_seed(0)
     encoder = CrossEncoder(D, HEADS, layers=1)
@@ -112,16 +122,10 @@ def test_pairwise_loss_is_cross_entropy_with_target_zero_on_every_row():
     valid = negatives >= 0
     loss = pairwise_matching_loss(encoder, products, clips, keep, torch.arange(G), negatives, valid)
 
-    def score(p, c):
-        return encoder(products[p : p + 1], clips[c : c + 1], keep[c : c + 1])[0].item()
-
-    expected = 0.0
+    score = _pair_scorer(encoder, products, clips, keep)
     rows = [0, 1, 2, 3]  # product 4 has no negative: nothing to classify
-    for p in rows:
-        cands = [p] + [int(c) for c in negatives[p] if c >= 0]
-        s = [score(p, c) for c in cands]
-        expected += -s[0] + math.log(sum(math.exp(x) for x in s))
-    expected /= len(rows)
+    candidates = {p: [p] + [int(c) for c in negatives[p] if c >= 0] for p in rows}
+    expected = _target_zero_cross_entropy([[score(p, c) for c in candidates[p]] for p in rows])
     assert abs(loss.item() - expected) < 1e-5
 
     loss.backward()
@@ -130,12 +134,9 @@ def test_pairwise_loss_is_cross_entropy_with_target_zero_on_every_row():
     # with a first-stage prior (smf_score_prior): logits = cross + prior_weight * prior (detached)
     prior = torch.randn(G, 1 + k, generator=torch.Generator().manual_seed(3), requires_grad=True)
     with_prior = pairwise_matching_loss(encoder, products, clips, keep, torch.arange(G), negatives, valid, prior)
-    expected = 0.0
-    for p in rows:
-        cands = [p] + [int(c) for c in negatives[p] if c >= 0]
-        s = [score(p, c) + 10.0 * prior[p, j].item() for j, c in enumerate(cands)]
-        expected += -s[0] + math.log(sum(math.exp(x) for x in s))
-    assert abs(with_prior.item() - expected / len(rows)) < 1e-4
+    expected = _target_zero_cross_entropy(
+        [[score(p, c) + 10.0 * prior[p, j].item() for j, c in enumerate(candidates[p])] for p in rows])
+    assert abs(with_prior.item() - expected) < 1e-4
     encoder.zero_grad()
     with_prior.backward()
     assert encoder.prior_weight.grad.abs() > 0 and prior.grad is None  # the prior itself is detached
@@ -169,14 +170,10 @@ def test_clip_rows_classify_each_clip_among_products():
     valid = negatives >= 0
     loss = pairwise_matching_loss(encoder, products, clips, keep, torch.arange(G), negatives, valid, rows="clip")
 
-    def score(p, c):
-        return encoder(products[p : p + 1], clips[c : c + 1], keep[c : c + 1])[0].item()
-
-    expected = 0.0
-    for c in range(3):  # clip 3 has no negative: nothing to classify
-        s = [score(p, c) for p in [c] + [int(p) for p in negatives[c] if p >= 0]]
-        expected += -s[0] + math.log(sum(math.exp(x) for x in s))
-    assert abs(loss.item() - expected / 3) < 1e-5
+    score = _pair_scorer(encoder, products, clips, keep)
+    expected = _target_zero_cross_entropy(  # clip 3 has no negative: nothing to classify
+        [[score(p, c) for p in [c] + [int(p) for p in negatives[c] if p >= 0]] for c in range(3)])
+    assert abs(loss.item() - expected) < 1e-5
     with pytest.raises(ValueError, match="rows must be"):
         pairwise_matching_loss(encoder, products, clips, keep, torch.arange(G), negatives, valid, rows="both")
 
