@@ -88,6 +88,12 @@ ALTERNATIVES = {  # effect name -> the model with the other design
     "L_pair through S": ModelSpec("SGMN, L_pair also trains S", "sgmn-tiny", (("smf_prior_gradient", True),)),
     # TGA's bias on every layer of the tiny tower (3), not only the last: does moving v more help?
     "TGA on every layer": ModelSpec("SGMN, TGA biases all 3 layers", "sgmn-tiny", (("tga_bias_layers", 3),)),
+    # The published L_pair (a row per product only) against the default's added clip rows.
+    "L_pair product rows only (published)": ModelSpec("SGMN, L_pair product rows only", "sgmn-tiny",
+                                                      (("smf_clip_rows", False),)),
+    # The same training as full SGMN, then SMF re-ranks each query's top 4 (the positive and k = 3
+    # others: the candidate count it trains on); what the cross encoder earns at inference.
+    "SMF re-ranking the top 4": ModelSpec("SGMN, SMF re-ranks the top 4", "sgmn-tiny", (("rerank_top_k", 4),)),
 }
 # A component measured in another setting than full SGMN: a pair of models that differ in it alone
 # (paired rows in the effects table: "with − without"), to find out why it earns what it does there.

@@ -40,7 +40,7 @@ import common  # noqa: E402
 
 SECTION = "smf-rows"
 RERANK_K = 4  # the positive and k = 3 others: the candidate count the cross encoder trains on
-VARIANTS = {"published rows": (), "with clip rows": (("smf_clip_rows", True),)}
+VARIANTS = {"published rows": (("smf_clip_rows", False),), "with clip rows": (("smf_clip_rows", True),)}
 
 
 @dataclass

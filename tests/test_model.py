@@ -200,8 +200,10 @@ def test_training_forward_takes_positives_and_mined_negatives_by_product_id(monk
 
     # mining: product 0 may only take clips 1 and 3; clip 2 (same product) is never its negative;
     # in the clip rows (smf_clip_rows), clip 0 likewise only products 1 and 3
-    model(batch)  # published default: one direction
-    assert len(mined) == 2
+    assert len(mined) == 2  # the default: product rows and clip rows
+    mined.clear()
+    tiny(smf_clip_rows=False)(batch)  # the published loss: one direction
+    assert len(mined) == 1
     mined.clear()
     tiny(smf_clip_rows=True)(batch)
     by_product, by_clip = mined
@@ -241,7 +243,7 @@ def test_pair_loss_is_the_mean_of_the_product_rows_and_the_clip_rows(monkeypatch
     torch.testing.assert_close(both, (calls[0][1] + calls[1][1]) / 2)
     assert (calls[0][1] - calls[1][1]).abs() > 1e-4  # two different problems, not one counted twice
     calls.clear()
-    published = tiny()(batch)["losses"]["pair"]
+    published = tiny(smf_clip_rows=False)(batch)["losses"]["pair"]
     assert [rows for rows, _ in calls] == ["product"] and torch.equal(published, calls[0][1])
 
 

@@ -214,6 +214,7 @@ def published_config_from_state_dict(
         temporal_ln_eps=1e-12,
         max_position=int(positions.shape[0]) if positions is not None else SGMNConfig.max_position,
         temporal_published_mask=True,
+        smf_clip_rows=False,  # the published L_pair: product rows only
     )
 
 
