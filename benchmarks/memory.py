@@ -3,7 +3,9 @@
 Measures, on the CPU, one training step (forward + backward) of the two heads alone, at
 ``sgmn-vitb32`` sizes (d = 512, T = 10 frames, N = 50 tokens per image, 16 GCI heads, a 1-layer
 cross encoder with k = 3 mined negatives), as ONE RANK of a job with a per-rank batch B = 32 and
-G = 32 x ranks sees it. The inputs the rank holds for the heads are counted too: the all-gathered
+G = 32 x ranks sees it. L_pair has both directions of the default (``smf_clip_rows``): a row per
+product of this rank over the gathered clips, and a row per clip of this rank over the gathered
+products. The inputs the rank holds for the heads are counted too: the all-gathered
 product tokens (G, N, d) and fused clip tokens (G, T*N, d), their gradients, and the (G, d)
 embeddings. The backbone is not part of it (its memory depends on B only).
 
@@ -11,9 +13,9 @@ Two implementations are compared, in separate processes (peak RSS above the proc
 reset before each step):
 
 * ``sharded`` (the code): this rank's relevance rows only (B clips x G products), frame-level
-  matching in checkpointed chunks, the cross encoder on this rank's B products;
+  matching in checkpointed chunks, the cross encoder on this rank's B products and B clips;
 * ``replicated`` (before issue 10): every rank computes all G relevance rows at once (one
-  (G, G, T, N) block) and the cross encoder on all G products.
+  (G, G, T, N) block) and the cross encoder on all G products and G clips.
 
 The largest G that fits in 80 GB is extrapolated from a quadratic fit a + bG + cG² of the
 measured peaks (the graph layer's attention over the 2G nodes is G²; the rest is linear in G).
@@ -101,11 +103,18 @@ def step(graph, cross, cfg, G: int, rows: int) -> float:
         relevance = tuple(torch.cat([r, torch.randn(G - rows, G)]) for r in relevance)
     out = graph(v, p, None, frame_mask, product_tokens, relevances=relevance)
     terms = graph.losses(out, labels)
-    negatives = mine_hard_negatives(v.detach() @ p.detach().t(), labels, labels, cfg.smf_k)
+    scores = v.detach() @ p.detach().t()  # (G clips, G products)
+    negatives = mine_hard_negatives(scores, labels, labels, cfg.smf_k)  # per product: its k hardest clips
     pair = pairwise_matching_loss(
         cross, product_tokens[:rows], clip_tokens, keep, torch.arange(rows), negatives.indices[:rows],
         negatives.valid[:rows], num_rows=negatives.valid.any(dim=1).sum(),
     )
+    if cfg.smf_clip_rows:  # this rank's clips against the gathered products, as SGMN._pair_loss
+        negatives = mine_hard_negatives(scores.t(), labels, labels, cfg.smf_k)
+        pair = (pair + pairwise_matching_loss(
+            cross, product_tokens, clip_tokens[:rows], keep[:rows], torch.arange(rows), negatives.indices[:rows],
+            negatives.valid[:rows], num_rows=negatives.valid.any(dim=1).sum(), rows="clip",
+        )) / 2
     loss = terms["gnn"] + 10 * terms["reg"] + pair
     loss.backward()
     return float(loss.detach())
@@ -222,14 +231,15 @@ Peak memory (RSS above the baseline, fp32, CPU) of one forward + backward of the
 heads alone, at `sgmn-vitb32` sizes (d = 512, T = 10, N = 50), as one rank of a job with 32
 clips per rank sees them, including the all-gathered tokens it holds and their gradients.
 *sharded*: the code (this rank's relevance rows in checkpointed chunks, the cross encoder on
-its own 32 products); *replicated*: every rank computing all G rows in one block, as before.
+its own 32 products and 32 clips, L_pair's two directions); *replicated*: every rank computing
+all G rows in one block, as before.
 
 {table}
 
 Fits: sharded {per_g(fs["fit_a_b_c"])}; replicated {per_g(fr["fit_a_b_c"])}.
 **Largest global batch whose heads fit in 80 GB per rank** (extrapolated from the fit, fp32):
 sharded G ≈ {fs["largest_G_in_80GB"]}, replicated G ≈ {fr["largest_G_in_80GB"]}. The replicated
-figure is optimistic: up to G = 128 its cost is dominated by the cross encoder on all G products
+figure is optimistic: up to G = 128 its cost is dominated by the cross encoder on all G products and clips
 (linear), while its (G, G, T, N) matching blocks grow with G² beyond what was measured (the
 replicated run stops at 128 to stay within this machine's memory). The sharded
 heads' linear part is the gathered tokens (about 1 MiB per clip in fp32: T·N·d floats) and

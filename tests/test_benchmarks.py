@@ -255,10 +255,21 @@ def test_accuracy_smoke_trains_every_model_and_writes_its_section(tmp_path):
     assert any(p.name.startswith("seed7-") for p in (out / "data").iterdir())
 
 
-def test_memory_smoke_measures_both_modes_and_fits(tmp_path):
+def test_memory_smoke_measures_both_modes_and_fits(tmp_path, monkeypatch):
     import memory
 
+    import sgmn.model.matching as matching
+
+    directions, loss_fn = [], matching.pairwise_matching_loss
+
+    def recording_loss(*args, **kwargs):
+        directions.append(kwargs.get("rows", "product"))
+        return loss_fn(*args, **kwargs)
+
+    monkeypatch.setattr(matching, "pairwise_matching_loss", recording_loss)
     assert memory.main(["--smoke", "--out", str(tmp_path), "--threads", "1"]) == 0
+    # L_pair as the default trains it: both directions in every step
+    assert directions and directions.count("product") == directions.count("clip")
     result = json.loads((tmp_path / "memory.json").read_text())
     modes = {(r["mode"], r["G"]) for r in result["rows"]}
     assert modes == {(m, g) for m in ("sharded", "replicated") for g in (4, 8, 16)}
