@@ -316,6 +316,7 @@ def test_accuracy_benchmark_fine_tunes_with_the_selected_recipe():
 
 
 def test_each_diagnostic_pair_differs_in_its_component_alone_and_builds():
+    from sgmn.model.config import SGMNConfig
     from sgmn.model.registry import create_model
 
     standard = {m.label for m in accuracy.mode_config("standard").models}
@@ -324,8 +325,9 @@ def test_each_diagnostic_pair_differs_in_its_component_alone_and_builds():
         extra = set(without_it.overrides) - set(with_it.overrides)
         assert set(with_it.overrides) < set(without_it.overrides) and len(extra) == 1, name
         assert with_it.train == without_it.train, name  # the same budget for both of a pair
+        assert with_it.start == without_it.start, name  # and the same starting point
         (field, value), = extra
-        assert field.startswith("use_") and value is False, name
+        assert value is False and field in SGMNConfig.__dataclass_fields__, name  # one switch turned off
     # the no-text-term pair: TGA still reads the ASR, but no text term reaches the score or the loss
     with_it, without_it = accuracy.DIAGNOSTICS["TGA where the score has no text term"]
     model = create_model(with_it.variant, **with_it.overrides_dict())
