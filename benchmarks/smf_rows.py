@@ -9,6 +9,7 @@ encoder the other way round: one clip against its candidate products. A per-prod
 the cross encoder's score cancels in every product row, so training never constrains it, yet it
 decides the clip's ranking. ``SGMNConfig.smf_clip_rows`` adds the clip rows (each clip against
 its own product and its k hardest products of other ids; L_pair is the mean of both directions).
+These are the runs that selected it as the default (git c119ef2); both variants set it explicitly.
 
 Per seed, full SGMN is fine-tuned exactly as in the accuracy benchmark (standard mode, same data
 recipe, pretraining and code path), once as published and once with the clip rows, and each is
