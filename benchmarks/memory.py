@@ -220,6 +220,9 @@ def render(result: dict) -> str:
             f" + {coef[2]:.0f} B x G²" if len(coef) > 2 else " (linear: the fitted G² term came out negative)"
         )
 
+    sharded_points = sorted((G, b) for (mode, G), b in by.items() if mode == "sharded")
+    growth = ", ".join(f"{common.human_bytes((b1 - b0) / (g1 - g0))} per clip from G = {g0} to {g1}"
+                       for (g0, b0), (g1, b1) in zip(sharded_points, sharded_points[1:]))
     command = result.get("command") or "python benchmarks/memory.py --threads 2"
     return f"""## Memory of the GCI and SMF heads per rank vs the global batch
 
@@ -241,10 +244,12 @@ Fits: sharded {per_g(fs["fit_a_b_c"])}; replicated {per_g(fr["fit_a_b_c"])}.
 sharded G ≈ {fs["largest_G_in_80GB"]}, replicated G ≈ {fr["largest_G_in_80GB"]}. The replicated
 figure is optimistic: up to G = 128 its cost is dominated by the cross encoder on all G products and clips
 (linear), while its (G, G, T, N) matching blocks grow with G² beyond what was measured (the
-replicated run stops at 128 to stay within this machine's memory). The sharded
-heads' linear part is the gathered tokens (about 1 MiB per clip in fp32: T·N·d floats) and
-their gradients; the remaining G² part is the graph layer's attention over the 2G nodes
-(heads x 2G x 2G) and the G x G relevance and loss matrices. bf16 autocast halves most of it.
+replicated run stops at 128 to stay within this machine's memory). The sharded peak grows by
+{growth}. What grows with G is the gathered tokens (T·N·d floats per clip: 1 MiB in fp32) and
+their gradients, then the graph layer's attention over the 2G nodes (heads x 2G x 2G) and the
+G x G relevance and loss matrices; with four points the fit's split between its G and G² terms
+is loose. The cross encoder on this rank's own rows is the part that does not grow. bf16
+autocast halves most of it.
 """
 
 
