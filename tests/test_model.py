@@ -247,6 +247,16 @@ def test_pair_loss_is_the_mean_of_the_product_rows_and_the_clip_rows(monkeypatch
     assert [rows for rows, _ in calls] == ["product"] and torch.equal(published, calls[0][1])
 
 
+def test_a_config_saved_before_smf_clip_rows_existed_keeps_the_published_l_pair():
+    from sgmn.model.config import SGMNConfig
+
+    saved = tiny().config.to_dict()
+    assert saved["smf_clip_rows"] is True  # the default now, written into every saved config
+    assert SGMNConfig.from_dict(saved).smf_clip_rows is True
+    del saved["smf_clip_rows"]  # what the code before the switch wrote
+    assert SGMNConfig.from_dict(saved).smf_clip_rows is False
+
+
 def test_deterministic_under_a_seed():
     out1 = tiny()(make_batch())
     out2 = tiny()(make_batch())

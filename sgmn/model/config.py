@@ -168,6 +168,9 @@ class SGMNConfig:
         # A config saved before `tga_mode` existed (its models were trained with the CLS mix, the
         # default then) keeps loading as what it is: the new default would not fit its weights.
         d.setdefault("tga_mode", "mix")
+        # Likewise one saved before `smf_clip_rows` existed was trained with the published L_pair:
+        # resuming it keeps that loss.
+        d.setdefault("smf_clip_rows", False)
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown SGMNConfig fields: {sorted(unknown)}")
