@@ -106,18 +106,21 @@ def _pair_scorer(encoder, products, clips, keep):
     return lambda p, c: encoder(products[p : p + 1], clips[c : c + 1], keep[c : c + 1])[0].item()
 
 
+def _cross_encoder_batch(G: int):
+    """A seeded 1-layer cross encoder and G products' and G clips' tokens, every clip token kept."""
+    torch.manual_seed(0)
+    encoder = CrossEncoder(D, HEADS, layers=1)
+    return encoder, _tokens(1, G, N, D), _tokens(2, G, T * N, D), torch.ones(G, T * N, dtype=torch.bool)
+
+
 def _target_zero_cross_entropy(rows: list[list[float]]) -> float:
     """Mean over rows of the cross-entropy with the first logit of each row as the target."""
     return sum(-s[0] + math.log(sum(math.exp(x) for x in s)) for s in rows) / len(rows)
 
 
 def test_pairwise_loss_is_cross_entropy_with_target_zero_on_every_row():
-    torch.manual_seed(0)
-    encoder = CrossEncoder(D, HEADS, layers=1)
     G, k = 5, 3
-    products = _tokens(1, G, N, D)
-    clips = _tokens(2, G, T * N, D)
-    keep = torch.ones(G, T * N, dtype=torch.bool)
+    encoder, products, clips, keep = _cross_encoder_batch(G)
     negatives = torch.tensor([[1, 2, 3], [0, 2, 4], [4, 3, -1], [0, 1, 2], [-1, -1, -1]])
     valid = negatives >= 0
     loss = pairwise_matching_loss(encoder, products, clips, keep, torch.arange(G), negatives, valid)
@@ -160,12 +163,8 @@ def test_pairwise_loss_is_cross_entropy_with_target_zero_on_every_row():
 
 
 def test_clip_rows_classify_each_clip_among_products():
-    torch.manual_seed(0)
-    encoder = CrossEncoder(D, HEADS, layers=1)
     G, k = 4, 2
-    products = _tokens(1, G, N, D)
-    clips = _tokens(2, G, T * N, D)
-    keep = torch.ones(G, T * N, dtype=torch.bool)
+    encoder, products, clips, keep = _cross_encoder_batch(G)
     negatives = torch.tensor([[1, 2], [3, -1], [0, 1], [-1, -1]])  # product indices per clip
     valid = negatives >= 0
     loss = pairwise_matching_loss(encoder, products, clips, keep, torch.arange(G), negatives, valid, rows="clip")
@@ -182,11 +181,8 @@ def test_only_clip_rows_see_a_per_product_offset_of_the_score():
     # Why smf_clip_rows exists: re-ranking orders the products of one clip, so an offset that
     # favours some products changes its result; the published product rows cannot see it (each
     # softmax row holds one product), the clip rows do.
-    torch.manual_seed(0)
-    encoder = CrossEncoder(D, HEADS, layers=1)
     G, k = 4, 2
-    products, clips = _tokens(1, G, N, D), _tokens(2, G, T * N, D)
-    keep = torch.ones(G, T * N, dtype=torch.bool)
+    encoder, products, clips, keep = _cross_encoder_batch(G)
     scores = torch.randn(G, G, generator=torch.Generator().manual_seed(5))  # (clips, products)
     labels = torch.arange(G)
     offset = torch.tensor([0.0, 3.0, -2.0, 1.0])  # a per-product bias added to every pair's prior
