@@ -242,3 +242,49 @@ def test_mean_layer_ablation_is_the_fixed_edge_weighted_mean():
     assert graph.relevance_clip_to_product[0].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="gci_layer 'sum'"):
         CrossDomainGraph(_config(gci_layer="sum"))
+
+
+@pytest.mark.parametrize("layer", ["transformer", "mean"])
+def test_detached_messages_move_only_the_refined_node_itself(layer):
+    # The refined values are the same; only the gradient to the neighbours is cut.
+    def run(detach):
+        torch.manual_seed(0)
+        v, p, frames, mask, products = _inputs()
+        v, p = v.clone().requires_grad_(), p.clone().requires_grad_()
+        graph = CrossDomainGraph(_config(gci_layer=layer, gci_detach_messages=detach)).eval()
+        out = graph(v, p, frames, mask, products)
+        out.v_tilde[2].sum().backward()
+        return out, v.grad, p.grad
+
+    plain, v_grad, p_grad = run(False)
+    cut, v_grad_cut, p_grad_cut = run(True)
+    assert torch.allclose(plain.v_tilde, cut.v_tilde) and torch.allclose(plain.p_tilde, cut.p_tilde)
+    others = [i for i in range(G) if i != 2]
+    assert v_grad[others].abs().sum() > 0 and p_grad.abs().sum() > 0  # published: neighbours move
+    assert v_grad_cut[others].abs().sum() == 0 and p_grad_cut.abs().sum() == 0
+    assert v_grad_cut[2].abs().sum() > 0
+
+
+def test_refined_triplets_are_trip_of_both_refined_sides_alone():
+    from sgmn.model.losses import bidirectional_triplet
+
+    torch.manual_seed(0)
+    v, p, frames, mask, products = _inputs()
+    labels = torch.tensor([0, 1, 2, 2, 3, 4])
+    losses = {}
+    for mode in ("published", "refined"):
+        torch.manual_seed(0)
+        graph = CrossDomainGraph(_config(gci_triplets=mode)).eval()
+        out = graph(v, p, frames, mask, products)
+        losses[mode] = graph.losses(out, labels)["gnn"]
+        c = graph.config
+        kw = dict(margin=c.triplet_margin, cutoff=c.triplet_cutoff, nonzero_cutoff=c.triplet_nonzero_cutoff,
+                  hinge=c.triplet_hinge)
+        refined = bidirectional_triplet(out.v_tilde, out.p_tilde, labels, **kw)
+        cross = bidirectional_triplet(out.v, out.p_tilde, labels, **kw) + bidirectional_triplet(
+            out.v_tilde, out.p, labels, **kw)
+        assert cross > 0
+        expected = refined if mode == "refined" else refined + cross
+        assert torch.allclose(losses[mode], expected)
+    with pytest.raises(ValueError, match="gci_triplets 'both'"):
+        CrossDomainGraph(_config(gci_triplets="both"))

@@ -128,6 +128,14 @@ class SGMNConfig:
     # replaces a node x by normalise(x / 2 + (A x) / 2), A the softmax of the edge values over the
     # node's edges (so the relevance MLP still learns through L_gnn).
     gci_layer: Literal["transformer", "mean"] = "transformer"
+    # Probes of why L_gnn costs R@1 (benchmarks/gci_design.py), off as published. True: a node's
+    # neighbours reach it without gradient (the graph layer's keys and values, and the intra-domain
+    # edge weights, are detached), so L_gnn on a refined node moves that node's own embedding alone
+    # and never pulls its neighbours (mostly other products) towards its positive.
+    gci_detach_messages: bool = False
+    # "published": L_gnn = Trip(v, p~) + Trip(v~, p) + Trip(v~, p~). "refined": Trip(v~, p~) alone,
+    # so the encoders are never asked to match a raw embedding to a mapped one.
+    gci_triplets: Literal["published", "refined"] = "published"
 
     # Hard-example mining + selective fusion
     smf_k: int = 3

@@ -205,9 +205,11 @@ class GraphTransformerLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (1, L, d); bias (L, L) additive float mask (-inf = no edge). Returns x and (heads, L, L)."""
-        h, weights = self.self_attn(x, x, x, attn_mask=bias, need_weights=True, average_attn_weights=False)
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, detach_messages: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (1, L, d); bias (L, L) additive float mask (-inf = no edge). Returns x and (heads, L, L).
+        ``detach_messages``: keys and values carry no gradient (the residual and the query still do)."""
+        kv = x.detach() if detach_messages else x
+        h, weights = self.self_attn(x, kv, kv, attn_mask=bias, need_weights=True, average_attn_weights=False)
         x = self.norm1(x + self.dropout(h))
         x = self.norm2(x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x))))))
         return x, weights[0]
@@ -251,6 +253,8 @@ class CrossDomainGraph(nn.Module):
         self.relevance_product_to_clip = _relevance_mlp(k, config.dropout)
         if config.gci_layer not in ("transformer", "mean"):
             raise ValueError(f"unknown gci_layer {config.gci_layer!r} (expected 'transformer' or 'mean')")
+        if config.gci_triplets not in ("published", "refined"):
+            raise ValueError(f"unknown gci_triplets {config.gci_triplets!r} (expected 'published' or 'refined')")
         # With gci_layer "mean" the propagation has no weights of its own (see forward).
         learned = config.gci_layer == "transformer"
         self.layers = nn.ModuleList(
@@ -295,6 +299,8 @@ class CrossDomainGraph(nn.Module):
         """
         cfg = self.config
         bug = cfg.gci_intra_cross_domain_bug
+        if cfg.gci_detach_messages:
+            v, p = v.detach(), p.detach()
         clip_edges, clip_w = intra_domain_edges(v, cfg.gci_topk_ratio, cfg.gci_sigma, p if bug else None)
         prod_edges, prod_w = intra_domain_edges(p, cfg.gci_topk_ratio, cfg.gci_sigma, v if bug else None)
         if cfg.gci_inter_all_pairs or match_mean is None or match_mean_reverse is None:
@@ -337,10 +343,11 @@ class CrossDomainGraph(nn.Module):
         attention = None
         if self.config.gci_layer == "mean":
             attention = torch.softmax(bias.float(), dim=-1)[None].to(x.dtype)
+            detach = self.config.gci_detach_messages
             for _ in range(self.config.gci_layers):
-                x = F.normalize(0.5 * x + 0.5 * attention @ x, dim=-1)
+                x = F.normalize(0.5 * x + 0.5 * attention @ (x.detach() if detach else x), dim=-1)
         for layer in self.layers:
-            x, attention = layer(x, bias.to(x.dtype))
+            x, attention = layer(x, bias.to(x.dtype), self.config.gci_detach_messages)
         x = F.normalize(x[0], dim=-1)
         G = v.shape[0]
         return GraphOutput(
@@ -363,10 +370,12 @@ class CrossDomainGraph(nn.Module):
         cfg = self.config
         kw = dict(margin=cfg.triplet_margin, cutoff=cfg.triplet_cutoff, nonzero_cutoff=cfg.triplet_nonzero_cutoff,
                   hinge=cfg.triplet_hinge)
+        gnn = bidirectional_triplet(out.v_tilde, out.p_tilde, labels, **kw)
+        if cfg.gci_triplets == "published":
+            gnn = gnn + bidirectional_triplet(out.v, out.p_tilde, labels, **kw) + bidirectional_triplet(
+                out.v_tilde, out.p, labels, **kw)
         terms = {
-            "gnn": bidirectional_triplet(out.v, out.p_tilde, labels, **kw)
-            + bidirectional_triplet(out.v_tilde, out.p, labels, **kw)
-            + bidirectional_triplet(out.v_tilde, out.p_tilde, labels, **kw),
+            "gnn": gnn,
             "reg": relation_kl(
                 out.relevance, torch.cdist(out.v.detach(), out.p.detach()), relevance_columns=out.relevance_reverse
             ),
