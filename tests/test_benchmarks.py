@@ -307,6 +307,79 @@ def test_recipe_selection_picks_the_best_sgmn_mean_and_writes_its_section(tmp_pa
     assert not set(recipe_selection.SELECTION_SEEDS) & set(accuracy.mode_config("standard").seeds)
 
 
+def _design_table(effects: dict, vs_published: dict) -> dict:
+    presets = ("easy", "hard")
+    return {name: {**{p: {"vs_without_gci": {"mean": e[i]}, "vs_published": None if name == "published" else
+                          {"mean": vs_published[name][i]}} for i, p in enumerate(presets)},
+                   "mean effect over presets": sum(e) / len(e)} for name, e in effects.items()}
+
+
+def test_gci_design_rule_replaces_the_published_design_only_when_it_earns_and_wins_everywhere():
+    import gci_design
+
+    presets = ("easy", "hard")
+    # the best design earns on average and beats the published one on every preset: it is adopted
+    table = _design_table({"published": (-1.0, -2.0), "refined": (0.5, 0.5), "both": (0.2, 0.0)},
+                          {"refined": (1.5, 2.5), "both": (1.2, 2.0)})
+    assert gci_design.verdict(table, presets) == ("refined", "refined")
+    # the best is still a cost on average: the default stays as published
+    table = _design_table({"published": (-1.0, -2.0), "refined": (0.5, -1.0)}, {"refined": (1.5, 1.0)})
+    assert gci_design.verdict(table, presets) == ("refined", "published")
+    # it earns on average but loses to the published design on one preset
+    table = _design_table({"published": (0.0, 1.0), "refined": (2.0, 0.5)}, {"refined": (2.0, -0.5)})
+    assert gci_design.verdict(table, presets) == ("refined", "published")
+    # the published design is the best
+    table = _design_table({"published": (1.0, 1.0), "refined": (0.5, 0.5)}, {"refined": (-0.5, -0.5)})
+    assert gci_design.verdict(table, presets) == ("published", "published")
+
+
+@pytest.mark.timeout(1200)
+def test_gci_design_trains_every_design_against_no_gci_and_writes_its_section(tmp_path):
+    import gci_design
+
+    doc, json_path = tmp_path / "benchmarks.md", tmp_path / "gci_design.json"
+    gci_design.main(["--smoke", "--doc", str(doc), "--json", str(json_path), "--out", str(tmp_path / "out")])
+    result = json.loads(json_path.read_text())
+    assert set(result["effects"]) == set(gci_design.DESIGNS)
+    assert result["designs"]["both"] == {**result["designs"]["messages detached"],
+                                         **result["designs"]["refined triplet only"]}
+    # five models per (preset, seed): the four designs and SGMN without GCI
+    assert result["runs"] == 5 and set(result["without_gci_R@1"]) == {"easy"}
+    for name, cells in result["effects"].items():
+        assert cells["easy"]["vs_without_gci"] is not None
+        assert (cells["easy"]["vs_published"] is None) == (name == "published")
+    best, default = gci_design.verdict(result["effects"], ["easy"])
+    assert (result["best"], result["default"]) == (best, default)
+    assert "<!-- gci-design:start -->" in doc.read_text() and "--smoke" in doc.read_text()
+    assert not set(gci_design.SELECTION_SEEDS) & set(accuracy.mode_config("standard").seeds)
+
+
+@pytest.mark.timeout(1200)
+def test_text_weight_selection_picks_the_best_sgmn_mean_and_writes_its_section(tmp_path):
+    import text_weight
+
+    doc, json_path = tmp_path / "benchmarks.md", tmp_path / "text_weight.json"
+    text_weight.main(["--smoke", "--doc", str(doc), "--json", str(json_path), "--out", str(tmp_path / "out")])
+    result = json.loads(json_path.read_text())
+    means = {name: cells["SGMN mean over presets"] for name, cells in result["R@1"].items()}
+    assert set(means) == {"0.5", "2"} and result["selected"] == float(max(means, key=means.get))
+    assert result["runs"] == 3  # two candidates and clip-meanpool on one (preset, seed)
+    # every candidate sets λ itself, so the selection does not depend on the default it selects
+    assert text_weight.candidate_model(0.5).overrides_dict() == {"text_weight": 0.5}
+    assert "<!-- text-weight:start -->" in doc.read_text() and "--smoke" in doc.read_text()
+    assert not set(text_weight.SELECTION_SEEDS) & set(accuracy.mode_config("standard").seeds)
+
+
+def test_sgmn_ranks_with_the_selected_text_weight():
+    import text_weight
+
+    from sgmn.model.config import SGMNConfig
+
+    selection = json.loads(text_weight.JSON_PATH.read_text())
+    assert selection["selected"] in text_weight.CANDIDATES
+    assert SGMNConfig().text_weight == selection["selected"]
+
+
 def test_accuracy_benchmark_fine_tunes_with_the_selected_recipe():
     import recipe_selection
 

@@ -226,6 +226,7 @@ def test_published_config_is_read_off_the_shapes():
     assert config.text.encoder == "precomputed" and config.text.dim == TEXT_DIM
     assert config.use_tga is False and config.temporal_published_mask is True
     assert config.smf_clip_rows is False  # the published L_pair
+    assert config.text_weight == 0.5  # the published score's λ
 
 
 def test_imported_published_checkpoint_reproduces_the_published_scores(tmp_path):

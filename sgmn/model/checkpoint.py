@@ -215,6 +215,7 @@ def published_config_from_state_dict(
         max_position=int(positions.shape[0]) if positions is not None else SGMNConfig.max_position,
         temporal_published_mask=True,
         smf_clip_rows=False,  # the published L_pair: product rows only
+        text_weight=0.5,  # the published score's λ
     )
 
 
