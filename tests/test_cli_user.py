@@ -77,6 +77,33 @@ def test_train_refuses_a_used_run_folder_before_reading_data(tmp_path):
     _one_line_error(res, "already holds a training run", "--resume")
 
 
+def test_eval_text_weight_ranks_with_the_given_lambda_and_records_it(tmp_path, data, checkpoint):
+    from sgmn.data.readers import read_dataset
+    from sgmn.eval.protocol import evaluate
+
+    runner = CliRunner()
+    base = ["eval", "--data", str(data), "--checkpoint", str(checkpoint), "--no-mechanism"]
+    rankings = {}
+    for weight in (0.0, 50.0):
+        out = tmp_path / f"w{weight}"
+        res = runner.invoke(app, base + ["--out", str(out), "--text-weight", str(weight)])
+        assert res.exit_code == 0, res.output
+        assert json.loads((out / "metrics.json").read_text())["model"]["text_weight"] == weight
+        rankings[weight] = json.loads((out / "rankings.json").read_text())
+        model = sgmn.load_model(checkpoint)
+        model.config.text_weight = weight
+        expected = evaluate(model, read_dataset(data, "lpr4m"), progress=False).rankings
+        order = lambda ranked: {q: [product for product, _ in r] for q, r in ranked.items()}  # noqa: E731
+        assert order(expected) == order(rankings[weight])
+    assert order(rankings[0.0]) != order(rankings[50.0])  # the text term really moves the ranking
+    _one_line_error(runner.invoke(app, base + ["--out", str(tmp_path / "e"), "--text-weight", "-1"]),
+                    "--text-weight", "≥ 0")
+    meanpool = sgmn.create_model("clip-meanpool").save_pretrained(tmp_path / "meanpool")
+    _one_line_error(runner.invoke(app, ["eval", "--data", str(data), "--checkpoint", str(meanpool), "--out",
+                                        str(tmp_path / "e"), "--text-weight", "1"]), "--text-weight", "no text branch")
+    assert not (tmp_path / "e").exists()
+
+
 def test_eval_and_serve_on_a_wrong_checkpoint(tmp_path, data):
     runner = CliRunner()
     _one_line_error(runner.invoke(app, ["eval", "--data", str(data), "--checkpoint", str(data),

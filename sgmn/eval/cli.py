@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -26,6 +27,7 @@ def register(app: typer.Typer) -> None:
         innersource: bool = typer.Option(False, "--innersource", help="MovingFashion: rank only against products of the query's own source group (default: allsource)"),
         mechanism: bool = typer.Option(True, "--mechanism/--no-mechanism", help="Also measure TGA influence / pointing and SMF accuracy (metrics.json 'mechanism')"),
         mechanism_queries: int = typer.Option(256, "--mechanism-queries", min=1, help="At most this many queries for the mechanism metrics"),
+        text_weight: Optional[float] = typer.Option(None, "--text-weight", help="Rank by v·p + λ a·t with this λ instead of the checkpoint's (to choose λ on your validation split)"),
     ):
         """Evaluate a checkpoint with the per-room protocol (R@1/3/5/10, ranks, breakdowns).
 
@@ -39,6 +41,8 @@ def register(app: typer.Typer) -> None:
                                        ("--gallery", gallery, ("main", "all")), ("--on-error", on_error, ("raise", "skip"))):
             if value not in allowed:
                 exit_with(f"{option} {value!r} is not one of {', '.join(allowed)}")
+        if text_weight is not None and not (math.isfinite(text_weight) and text_weight >= 0):
+            exit_with(f"--text-weight {text_weight}: must be a finite number ≥ 0")
         for option, path in (("--data", data), ("--checkpoint", checkpoint)):
             if not path.exists():
                 exit_with(f"{option} {path}: no such file or folder")
@@ -56,6 +60,10 @@ def register(app: typer.Typer) -> None:
             with user_errors():  # a wrong checkpoint or bad data: one line, exit code 2
                 dev = device or (f"cuda:{local_rank()}" if torch.cuda.is_available() else "cpu")
                 model = sgmn.load_model(checkpoint).to(dev)
+                if text_weight is not None:
+                    if not getattr(model, "uses_text", False):
+                        exit_with(f"--text-weight: {checkpoint} has no text branch, so its score has no text term")
+                    model.config.text_weight = text_weight  # the score reads it at every call
                 dataset = read_dataset(data, format, on_error=on_error)
                 result = evaluate(model, dataset, split=split, mode=mode, gallery=gallery, batch_size=batch_size,
                                   device=dev, num_workers=num_workers, on_error=on_error, same_group_only=innersource,
@@ -65,6 +73,8 @@ def register(app: typer.Typer) -> None:
             if distributed and dist.get_rank() != 0:
                 return  # every rank holds the same merged result: rank 0 writes it
             result.metrics["model"]["checkpoint"] = str(checkpoint)
+            if text_weight is not None:
+                result.metrics["model"]["text_weight"] = text_weight
             if distributed:
                 result.metrics["protocol"]["ranks"] = dist.get_world_size()
             if dataset.skipped:
