@@ -807,6 +807,21 @@ def selection_script_args(description: str, json_path: Path, smoke_help: str,
     return args, threads
 
 
+def run_selection(cfg: AccuracyConfig, out: Path, select, render, section: str, doc: Path, json_path: Path,
+                  command: str) -> dict:
+    """What a selection script does around its own runs: the pretraining (cached), ``select(pretrained)``,
+    then ``render(result, seconds, info, pretrained)`` as its section of ``doc`` and the result, with the
+    command and the git commit, as ``json_path``."""
+    info = common.machine_info()
+    t0 = time.perf_counter()
+    pretrained = ensure_pretrain(cfg, out)
+    result = select(pretrained)
+    common.write_section(section, render(result, time.perf_counter() - t0, info, pretrained), doc)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({**result, "command": command, "git": info.get("git")}, indent=1) + "\n")
+    return result
+
+
 # ---------------------------------------------------------------- main
 def run(cfg: AccuracyConfig, doc: Path, img_dir: Path, out: Path, command: Optional[str] = None,
         json_path: Path = JSON_PATH, jobs: int = 1, threads: Optional[int] = None) -> dict:

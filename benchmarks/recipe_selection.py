@@ -23,7 +23,6 @@ import copy
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -110,14 +109,10 @@ def markdown(result: dict, command: str, seconds: float, info: dict, pretrain_ke
 
 def run(cfg: accuracy.AccuracyConfig, candidates: dict, seeds, doc: Path, json_path: Path, out: Path,
         command: str, jobs: int = 1, threads: Optional[int] = None) -> dict:
-    info = common.machine_info()
-    t0 = time.perf_counter()
-    pretrained = accuracy.ensure_pretrain(cfg, out)
-    result = select(cfg, candidates, seeds, out, pretrained, jobs, threads)
-    seconds = time.perf_counter() - t0
-    common.write_section(SECTION, markdown(result, command, seconds, info, pretrained["key"]), doc)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({**result, "command": command, "git": info.get("git")}, indent=1) + "\n")
+    result = accuracy.run_selection(
+        cfg, out, lambda pretrained: select(cfg, candidates, seeds, out, pretrained, jobs, threads),
+        lambda result, seconds, info, pretrained: markdown(result, command, seconds, info, pretrained["key"]),
+        SECTION, doc, json_path, command)
     print(f"selected {result['selected']}: {json.dumps(result['finetune'])}", flush=True)
     return result
 

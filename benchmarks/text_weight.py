@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -105,13 +104,9 @@ def markdown(result: dict, command: str, seconds: float, info: dict) -> str:
 
 def run(cfg: accuracy.AccuracyConfig, candidates, seeds, doc: Path, json_path: Path, out: Path, command: str,
         jobs: int = 1, threads: Optional[int] = None) -> dict:
-    info = common.machine_info()
-    t0 = time.perf_counter()
-    pretrained = accuracy.ensure_pretrain(cfg, out)
-    result = select(cfg, candidates, seeds, out, pretrained, jobs, threads)
-    common.write_section(SECTION, markdown(result, command, time.perf_counter() - t0, info), doc)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({**result, "command": command, "git": info.get("git")}, indent=1) + "\n")
+    result = accuracy.run_selection(
+        cfg, out, lambda pretrained: select(cfg, candidates, seeds, out, pretrained, jobs, threads),
+        lambda result, seconds, info, _: markdown(result, command, seconds, info), SECTION, doc, json_path, command)
     print(f"selected λ = {result['selected']:g}", flush=True)
     return result
 
