@@ -112,12 +112,16 @@ def markdown(result: dict, command: str, seconds: float, info: dict) -> str:
                      *(_ci(cells[p]["vs_published"]) for p in presets),
                      mark(f"{cells['mean effect over presets']:+.1f}")])
     best, default = result["best"], result["default"]
-    verdict = (f"The default becomes **{default}**." if default != PUBLISHED else
-               f"Highest mean effect: **{best}** ({result['effects'][best]['mean effect over presets']:+.1f}); "
-               "it does not meet the rule (a mean above 0 and a win over the published design on every preset), "
-               "so the default stays as published.")
+    mean = result['effects'][best]['mean effect over presets']
+    if default != PUBLISHED:
+        verdict = f"The default becomes **{default}**."
+    elif best == PUBLISHED:
+        verdict = f"Highest mean effect: **{best}** itself ({mean:+.1f}), so the default stays as published."
+    else:
+        verdict = (f"Highest mean effect: **{best}** ({mean:+.1f}); it does not meet the rule (a mean above 0 and "
+                   "a win over the published design on every preset), so the default stays as published.")
     return "\n".join([
-        "## Does another design of L_gnn stop GCI's cost? Chosen on selection seeds", "",
+        "## Which design of GCI's L_gnn? Chosen on selection seeds", "",
         f"Command: `{command}` — finished in {seconds / 60:.1f} min wall ({result['fresh_runs']} of "
         f"{result['runs']} training runs trained here, the others read from the accuracy benchmark's results "
         f"cache); the runs' own CPU time adds up to {result['cpu_s'] / 60:.1f} CPU-min.", "",
