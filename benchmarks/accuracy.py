@@ -1,7 +1,8 @@
 """Accuracy of SGMN against the baselines and its own ablations on the synthetic presets, with
 paired bootstrap confidence intervals.
 
-    python benchmarks/accuracy.py --standard --jobs 2   # about an hour on a quiet 2-core CPU (see docs)
+    python benchmarks/accuracy.py --standard --goals-only --jobs 2   # the goals and effects: about 30 min on 2 cores
+    python benchmarks/accuracy.py --standard --jobs 2   # and every alternative and diagnostic: about 1.5 h (see docs)
     python benchmarks/accuracy.py                       # full sizes, 5 seeds, knob sweep: bigger machines
     python benchmarks/accuracy.py --smoke               # a few minutes; what tests/test_benchmarks.py runs
 
@@ -115,12 +116,23 @@ DIAGNOSTICS = {  # effect name -> (the model with the component, the same model 
     ),
     # L_pair's clip rows were selected on fine-tuned models; does a model trained from random
     # weights (as `make demo` trains it) take them as well?
+    # Localisation given, not learned: the ground-truth product boxes mask every patch outside the
+    # product on both sides (`detector_boxes`, an oracle detector). What finding the product is worth
+    # on these frames bounds what TGA, which learns to find it from the ASR, could add.
+    "localisation given": (
+        ModelSpec("SGMN, oracle boxes on both sides", "sgmn-tiny", (("detector_boxes", True),)),
+        FULL,
+    ),
     "L_pair's clip rows, from scratch": (
         SCRATCH,
         ModelSpec("SGMN (from scratch), L_pair product rows only", "sgmn-tiny", (("smf_clip_rows", False),),
                   start="scratch"),
     ),
 }
+ORACLE = DIAGNOSTICS["localisation given"][0]
+# What issue 9's goals and effects need (`--goals-only`): the baseline, full SGMN, each ablation, and
+# the from-scratch row; the alternatives and diagnostics explain, they decide no goal.
+GOAL_MODELS = (CLIP_MEANPOOL, FULL, *ABLATIONS.values(), SCRATCH)
 MODELS: tuple[ModelSpec, ...] = tuple(dict.fromkeys((
     CLIP_MEANPOOL, RICE, FULL, *ABLATIONS.values(), *ALTERNATIVES.values(),
     *(m for pair in DIAGNOSTICS.values() for m in pair), SCRATCH)))  # each model once, in this order
@@ -493,6 +505,26 @@ def results_json(cfg: AccuracyConfig, rows: list[dict]) -> dict:
     return doc
 
 
+def oracle_patch_share(folders: Sequence[Path]) -> float:
+    """The mean share of a query frame's patches that the oracle boxes keep (test frames with a box,
+    at the oracle model's geometry): how much of the frame, distractors included, it hides."""
+    from sgmn.data.dataset import NoTextVectors, QueryClips
+    from sgmn.data.readers import read_dataset
+    from sgmn.model.registry import get_config
+
+    mc = get_config(ORACLE.variant, **ORACLE.overrides_dict())
+    shares: list[float] = []
+    for folder in folders:
+        clips = QueryClips(read_dataset(folder, "lpr4m"), "test", num_frames=mc.num_frames,
+                           image_size=mc.vision.image_size, patch_size=mc.vision.patch_size, geometry=mc.geometry,
+                           use_boxes=True, text=NoTextVectors(mc.text.dim))
+        for i in range(len(clips)):
+            sample = clips[i]
+            boxed = sample["frame_mask"] & sample["box_mask"]
+            shares += sample["patch_mask"][boxed, 1:].float().mean(1).tolist()
+    return statistics.fmean(shares)
+
+
 def _ci_text(d: Optional[dict], signed: bool = False) -> str:
     if d is None:
         return "–"
@@ -619,7 +651,7 @@ def plot_knobs(rows: list[dict], knobs: list[str], models: list[str], path: Path
 
 # ---------------------------------------------------------------- report
 def render(cfg: AccuracyConfig, rows: list[dict], knob_rows: list[dict], doc: dict, pretrained: dict, info: dict,
-           command: str, seconds: float, plots: dict) -> str:
+           command: str, seconds: float, plots: dict, oracle_share: Optional[dict] = None) -> str:
     from sgmn.train.config import TrainConfig
 
     models = [m.label for m in cfg.models]
@@ -675,6 +707,11 @@ def render(cfg: AccuracyConfig, rows: list[dict], knob_rows: list[dict], doc: di
     out += [common.markdown_table(
         ["preset", "rooms × products", "train clips / product", "test queries", "frames", "distractors",
          "domain gap", "fine-grained", "ASR informativeness", "ASR missing", "optimiser steps", "chance R@1"], sizes), ""]
+    if oracle_share:
+        shares = [oracle_share[p] for p in cfg.presets]
+        out += [f"`{ORACLE.label}` masks every patch outside the product's box in the queries' frames as in "
+                f"training: it keeps {' / '.join(f'{100 * x:.0f}%' for x in shares)} of a frame's patches "
+                f"({' / '.join(cfg.presets)}; mean over the test frames with a box).", ""]
 
     out += ["### R@1 and R@5 with 95% CIs", ""]
     table = [[m] + [_ci_text(doc["presets"][p]["models"].get(m, {}).get(k)) for p in cfg.presets for k in ("R@1", "R@5")]
@@ -846,6 +883,8 @@ def run(cfg: AccuracyConfig, doc: Path, img_dir: Path, out: Path, command: Optio
     knob_rows = [r for r in results if "knob" in r]
 
     result_doc = results_json(cfg, rows)
+    oracle_share = {p: oracle_patch_share([out / "data" / data_key(synth_config(cfg, p, seed)) for seed in cfg.seeds])
+                    for p in cfg.presets} if ORACLE in cfg.models else {}
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result_doc, indent=1) + "\n")
     plots = {}
@@ -863,8 +902,8 @@ def run(cfg: AccuracyConfig, doc: Path, img_dir: Path, out: Path, command: Optio
     command = command or common.command_line()
     (out / f"{cfg.mode}-results.json").write_text(json.dumps(
         {"command": command, "machine": info, "seconds": seconds, "config": dataclasses.asdict(cfg),
-         "pretrain": pretrained, "main": rows, "knobs": knob_rows}, default=str))
-    body = render(cfg, rows, knob_rows, result_doc, pretrained, info, command, seconds, plots)
+         "pretrain": pretrained, "main": rows, "knobs": knob_rows, "oracle_patch_share": oracle_share}, default=str))
+    body = render(cfg, rows, knob_rows, result_doc, pretrained, info, command, seconds, plots, oracle_share)
     common.write_section("accuracy", body, doc)
     print(body)
     return {"main": rows, "knobs": knob_rows, "seconds": seconds, "json": result_doc, "pretrain": pretrained}
@@ -911,9 +950,13 @@ def estimate(cfg: AccuracyConfig, out: Path, jobs: int, threads: Optional[int], 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--standard", action="store_true", help="about an hour on a quiet 2-core CPU with --jobs 2")
+    group.add_argument("--standard", action="store_true", help="5 seeds at CPU sizes: about 1.5 h on a quiet 2-core CPU with --jobs 2, "
+                       "about 30 min with --goals-only")
     group.add_argument("--smoke", action="store_true", help="a few minutes; for the test suite")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the mode's seeds (>= 2)")
+    parser.add_argument("--goals-only", action="store_true",
+                        help="train only the models the goals and effects need (clip-meanpool, SGMN, its ablations, "
+                             "from scratch): --standard then fits in well under an hour")
     parser.add_argument("--estimate", action="store_true",
                         help="measure the pretraining and one seed of the cheapest / costliest model per preset, "
                              "and project the mode's duration (writes no docs)")
@@ -934,6 +977,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         if len(set(args.seeds)) < 2:
             parser.error("--seeds: give at least two different seeds (CIs resample seeds)")
         cfg.seeds = tuple(args.seeds)
+    if args.goals_only:
+        cfg.models = tuple(m for m in cfg.models if m in GOAL_MODELS)
     if args.estimate:
         estimate(cfg, args.out, args.jobs, threads)
         return
