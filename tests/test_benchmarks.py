@@ -250,6 +250,8 @@ def test_accuracy_smoke_trains_every_model_and_writes_its_section(tmp_path):
     source = json.loads((out / "smoke-results.json").read_text())
     confirmed = bd.confirm(source, {"easy": ["TGA"]}, (7,), out, jobs=1, n_boot=200)
     assert confirmed["seeds"] == [7] and confirmed["tested"] == {"easy": ["TGA"]}
+    one = confirmed["overall"]["easy"]["TGA"]  # one seed: the paired difference of the two runs' R@1
+    assert set(confirmed["overall"]) == {"easy"} and one["ci95"][0] <= one["mean"] <= one["ci95"][1]
     cells = [g for k in confirmed["breakdown"]["easy"].values() for g in k.values() if g["queries"]]
     assert cells and all(set(g["effects"]) == {"TGA"} for g in cells)
     assert any(p.name.startswith("seed7-") for p in (out / "data").iterdir())
@@ -649,3 +651,19 @@ def test_breakdown_leads_are_components_with_a_ci_above_zero_on_a_group_they_are
     doc["p"]["asr"][bd.KINDS["asr"][0]]["effects"]["TGA"] = cell(-0.5)  # covers 0
     doc["p"]["asr"][bd.KINDS["asr"][0]]["effects"]["text"] = cell(3.0)  # text is no component to re-test
     assert bd.leads(doc) == {"p": ["TDB"]}
+
+
+def test_near_goal_re_tests_a_component_at_the_goal_size_whose_ci_does_not_clear_zero(monkeypatch):
+    import accuracy_breakdown as bd
+
+    # component -> (preset-wide effect, lower CI bound)
+    effects = {"GCI": (2.8, -0.1), "TDB": (1.6, -0.2), "TGA": (2.5, 0.3), "SMF": (-0.1, -1.4), "text": (6.0, -1.0)}
+    component = {spec.label: c for c, spec in accuracy.ABLATIONS.items()}
+    monkeypatch.setattr(accuracy, "paired_effect", lambda rows, p, a, b, n: {
+        "mean": effects[component[b]][0], "ci95": [effects[component[b]][1], 9.0]})
+    rows = [{"preset": "hard", "model": m} for m in [accuracy.FULL.label, *component]]
+    # GCI: at the goal's size, CI touching 0. TGA already meets the goal, TDB is short of its size,
+    # SMF costs nothing, and the text branch is no component the goals name.
+    assert bd.near_goal(rows, 100) == {"hard": ["GCI"]}
+    assert bd._merge({"hard": ["TDB"]}, bd.near_goal(rows, 100)) == {"hard": ["TDB", "GCI"]}
+    assert bd.near_goal([r for r in rows if r["model"] != "SGMN − GCI"], 100) == {}  # no ablation, nothing to test
