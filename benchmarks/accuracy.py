@@ -114,8 +114,6 @@ DIAGNOSTICS = {  # effect name -> (the model with the component, the same model 
         ModelSpec("SGMN, batch 32", "sgmn-tiny", train=BATCH_32),
         ModelSpec("SGMN − GCI, batch 32", "sgmn-tiny", (("use_gci", False),), train=BATCH_32),
     ),
-    # L_pair's clip rows were selected on fine-tuned models; does a model trained from random
-    # weights (as `make demo` trains it) take them as well?
     # Localisation given, not learned: the ground-truth product boxes mask every patch outside the
     # product on both sides (`detector_boxes`, an oracle detector). What finding the product is worth
     # on these frames bounds what TGA, which learns to find it from the ASR, could add.
@@ -123,6 +121,8 @@ DIAGNOSTICS = {  # effect name -> (the model with the component, the same model 
         ModelSpec("SGMN, oracle boxes on both sides", "sgmn-tiny", (("detector_boxes", True),)),
         FULL,
     ),
+    # L_pair's clip rows were selected on fine-tuned models; does a model trained from random
+    # weights (as `make demo` trains it) take them as well?
     "L_pair's clip rows, from scratch": (
         SCRATCH,
         ModelSpec("SGMN (from scratch), L_pair product rows only", "sgmn-tiny", (("smf_clip_rows", False),),

@@ -1,4 +1,4 @@
-"""Does another design of GCI's L_gnn stop costing R@1? Chosen on seeds the accuracy benchmark never reports.
+"""Which design of GCI's L_gnn earns most R@1? Chosen on seeds the accuracy benchmark never reports.
 
     python benchmarks/gci_design.py --jobs 2   # about 20 min on a quiet 2-core CPU (runs cached with accuracy.py's)
     python benchmarks/gci_design.py --smoke    # a minute; what tests/test_benchmarks.py runs
