@@ -1,6 +1,6 @@
 """Does SMF's cross encoder learn the direction it is used in, when L_pair also has clip rows?
 
-    python benchmarks/smf_rows.py --jobs 2     # hard and default, seeds the accuracy benchmark never reports; ~6 min on 2 cores
+    python benchmarks/smf_rows.py --jobs 2     # hard and default, seeds the accuracy benchmark never reports; 6-10 min on 2 cores
     python benchmarks/smf_rows.py --smoke      # seconds; what tests/test_benchmarks.py runs
 
 The published L_pair has one softmax row per product: the product against its own clip and its
