@@ -505,9 +505,9 @@ def results_json(cfg: AccuracyConfig, rows: list[dict]) -> dict:
     return doc
 
 
-def oracle_patch_share(folders: Sequence[Path]) -> float:
+def oracle_patch_share(folders: Sequence[Path], image_size: Optional[int] = None) -> float:
     """The mean share of a query frame's patches that the oracle boxes keep (test frames with a box,
-    at the oracle model's geometry): how much of the frame, distractors included, it hides."""
+    at the oracle model's geometry, or its tower at ``image_size`` px): how much of the frame it hides."""
     from sgmn.data.dataset import NoTextVectors, QueryClips
     from sgmn.data.readers import read_dataset
     from sgmn.model.registry import get_config
@@ -516,7 +516,8 @@ def oracle_patch_share(folders: Sequence[Path]) -> float:
     shares: list[float] = []
     for folder in folders:
         clips = QueryClips(read_dataset(folder, "lpr4m"), "test", num_frames=mc.num_frames,
-                           image_size=mc.vision.image_size, patch_size=mc.vision.patch_size, geometry=mc.geometry,
+                           image_size=image_size or mc.vision.image_size, patch_size=mc.vision.patch_size,
+                           geometry=mc.geometry,
                            use_boxes=True, text=NoTextVectors(mc.text.dim))
         for i in range(len(clips)):
             sample = clips[i]

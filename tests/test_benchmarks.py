@@ -667,3 +667,28 @@ def test_near_goal_re_tests_a_component_at_the_goal_size_whose_ci_does_not_clear
     assert bd.near_goal(rows, 100) == {"hard": ["GCI"]}
     assert bd._merge({"hard": ["TDB"]}, bd.near_goal(rows, 100)) == {"hard": ["TDB", "GCI"]}
     assert bd.near_goal([r for r in rows if r["model"] != "SGMN − GCI"], 100) == {}  # no ablation, nothing to test
+
+
+def test_localisation_scale_pairs_each_size_with_its_oracle_and_writes_its_section(tmp_path):
+    import localisation_scale as ls
+    from sgmn.model.registry import create_model
+
+    # the pair differs in the oracle alone, and the tower really takes the size's frames
+    for size in ls.SIZES:
+        full, oracle = ls.specs(size)
+        assert dict(oracle.overrides) == {**dict(full.overrides), "detector_boxes": True}
+        assert full.start == oracle.start == "scratch"
+        assert create_model(full.variant, **full.overrides_dict()).config.vision.image_size == size
+    assert not set(ls.SEEDS) & set(accuracy.mode_config("standard").seeds)
+    doc, json_path = tmp_path / "benchmarks.md", tmp_path / "ls.json"
+    ls.main(["--smoke", "--doc", str(doc), "--json", str(json_path), "--out", str(tmp_path / "out")])
+    result = json.loads(json_path.read_text())
+    assert result["runs"] == 4 and set(result["sizes"]) == {"32", "64"}
+    coarse, fine = result["sizes"]["32"], result["sizes"]["64"]
+    # one seed: the paired difference is the difference of the two runs' R@1
+    for cell in (coarse, fine):
+        full, oracle = cell["R@1"].values()
+        assert cell["oracle_minus_sgmn"]["mean"] == pytest.approx(oracle - full)
+    # a finer grid lets the same boxes hide more of the frame
+    assert 0 < fine["oracle_patch_share"] < coarse["oracle_patch_share"] <= 1
+    assert "<!-- localisation-scale:start -->" in doc.read_text() and "--smoke" in doc.read_text()
