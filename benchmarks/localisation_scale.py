@@ -20,6 +20,8 @@ docs/benchmarks/localisation_scale.json.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import statistics
 import sys
 import time
@@ -49,7 +51,7 @@ def measure(cfg: accuracy.AccuracyConfig, preset: str, sizes, seeds, out: Path, 
             threads: Optional[int]) -> dict:
     tasks = []
     for size in sizes:
-        sized = accuracy.dataclasses.replace(cfg, data_overrides={**cfg.data_overrides, "image_size": size})
+        sized = dataclasses.replace(cfg, data_overrides={**cfg.data_overrides, "image_size": size})
         for seed in seeds:
             synth = accuracy.synth_config(sized, preset, seed)
             accuracy.ensure_data(synth, out / "data")
@@ -103,7 +105,7 @@ def run(cfg, preset: str, sizes, seeds, doc: Path, json_path: Path, out: Path, c
     result = measure(cfg, preset, sizes, seeds, out, jobs, threads)
     common.write_section(SECTION, markdown(result, command, time.perf_counter() - t0, info), doc)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(accuracy.json.dumps({**result, "command": command, "git": info.get("git")}, indent=1) + "\n")
+    json_path.write_text(json.dumps({**result, "command": command, "git": info.get("git")}, indent=1) + "\n")
     return result
 
 
