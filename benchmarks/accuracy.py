@@ -854,10 +854,16 @@ def run_selection(cfg: AccuracyConfig, out: Path, select, render, section: str, 
     t0 = time.perf_counter()
     pretrained = ensure_pretrain(cfg, out)
     result = select(pretrained)
-    common.write_section(section, render(result, time.perf_counter() - t0, info, pretrained), doc)
+    write_results(section, render(result, time.perf_counter() - t0, info, pretrained), doc, json_path, result,
+                  command, info)
+    return result
+
+
+def write_results(section: str, body: str, doc: Path, json_path: Path, result: dict, command: str, info: dict) -> None:
+    """A script's section of ``doc``, and its result with the command and the git commit as ``json_path``."""
+    common.write_section(section, body, doc)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({**result, "command": command, "git": info.get("git")}, indent=1) + "\n")
-    return result
 
 
 # ---------------------------------------------------------------- main

@@ -436,9 +436,7 @@ def run(cfg: accuracy.AccuracyConfig, variants: dict, baseline: accuracy.ModelSp
     result["alignment"] = gradient_alignment(cfg, {"full GCI": variants["full GCI"][0], "no GCI": baseline}, seeds,
                                              preset, out, pretrained, jobs, threads, batches)
     seconds = time.perf_counter() - t0
-    common.write_section(SECTION, markdown(result, command, seconds, info), doc)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({**result, "command": command, "git": info.get("git")}, indent=1) + "\n")
+    accuracy.write_results(SECTION, markdown(result, command, seconds, info), doc, json_path, result, command, info)
     return result
 
 

@@ -21,7 +21,6 @@ docs/benchmarks/localisation_scale.json.
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import sys
 import time
@@ -103,9 +102,8 @@ def run(cfg, preset: str, sizes, seeds, doc: Path, json_path: Path, out: Path, c
     info = common.machine_info()
     t0 = time.perf_counter()
     result = measure(cfg, preset, sizes, seeds, out, jobs, threads)
-    common.write_section(SECTION, markdown(result, command, time.perf_counter() - t0, info), doc)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({**result, "command": command, "git": info.get("git")}, indent=1) + "\n")
+    accuracy.write_results(SECTION, markdown(result, command, time.perf_counter() - t0, info), doc, json_path, result,
+                           command, info)
     return result
 
 
