@@ -825,10 +825,10 @@ def _backbone_words() -> str:
 
 
 # ---------------------------------------------------------------- scripts built on this one
-def selection_script_args(description: str, json_path: Path, smoke_help: str,
-                          argv: Optional[list[str]]) -> tuple[argparse.Namespace, Optional[int]]:
+def selection_script_args(description: str, json_path: Path, smoke_help: str, argv: Optional[list[str]],
+                          flags: Sequence[tuple[str, str]] = ()) -> tuple[argparse.Namespace, Optional[int]]:
     """The command line of a script that trains on the accuracy benchmark's code path and cache
-    (``--smoke``, ``--jobs``, ``--doc``, ``--json``, ``--out``), parsed; torch's threads set to 1
+    (``--smoke``, ``--jobs``, ``--doc``, ``--json``, ``--out``, and ``flags``: (flag, help) switches), parsed; torch's threads set to 1
     per process when runs go in parallel. Returns (args, threads per run or None)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--smoke", action="store_true", help=smoke_help)
@@ -836,6 +836,8 @@ def selection_script_args(description: str, json_path: Path, smoke_help: str,
     parser.add_argument("--doc", type=Path, default=common.DOC)
     parser.add_argument("--json", type=Path, default=json_path)
     parser.add_argument("--out", type=Path, default=common.OUT_DIR / "accuracy", help="shared with accuracy.py")
+    for flag, help_text in flags:  # the script's own on/off switches
+        parser.add_argument(flag, action="store_true", help=help_text)
     args = parser.parse_args(argv)
     import torch
 
@@ -845,18 +847,47 @@ def selection_script_args(description: str, json_path: Path, smoke_help: str,
     return args, threads
 
 
-def run_selection(cfg: AccuracyConfig, out: Path, select, render, section: str, doc: Path, json_path: Path,
-                  command: str) -> dict:
-    """What a selection script does around its own runs: the pretraining (cached), ``select(pretrained)``,
-    then ``render(result, seconds, info, pretrained)`` as its section of ``doc`` and the result, with the
-    command and the git commit, as ``json_path``."""
+def run_and_write(produce, render, section: str, doc: Path, json_path: Path, command: str) -> dict:
+    """What a script that trains on this benchmark's code path does around its own runs: ``produce()``,
+    then ``render(result, seconds, info)`` as its section of ``doc`` and the result, with the command
+    and the git commit, as ``json_path``."""
     info = common.machine_info()
     t0 = time.perf_counter()
-    pretrained = ensure_pretrain(cfg, out)
-    result = select(pretrained)
-    write_results(section, render(result, time.perf_counter() - t0, info, pretrained), doc, json_path, result,
-                  command, info)
+    result = produce()
+    write_results(section, render(result, time.perf_counter() - t0, info), doc, json_path, result, command, info)
     return result
+
+
+def run_selection(cfg: AccuracyConfig, out: Path, select, render, section: str, doc: Path, json_path: Path,
+                  command: str) -> dict:
+    """:func:`run_and_write` for a selection script: the pretraining (cached), ``select(pretrained)``,
+    then ``render(result, seconds, info, pretrained)``."""
+    pretrained: dict = {}
+
+    def produce():
+        pretrained.update(ensure_pretrain(cfg, out))
+        return select(pretrained)
+
+    return run_and_write(produce, lambda result, seconds, info: render(result, seconds, info, pretrained),
+                         section, doc, json_path, command)
+
+
+def runs_provenance(result: dict) -> str:
+    """How many of a script's runs trained and how many came from the results cache (``result``:
+    runs, fresh_runs)."""
+    fresh, runs = result["fresh_runs"], result["runs"]
+    cache = "the accuracy benchmark's results cache"
+    if fresh == runs:
+        return f"all {runs} training runs trained here"
+    if fresh == 0:
+        return f"all {runs} training runs read from {cache}"
+    return f"{fresh} of {runs} training runs trained here, the others read from {cache}"
+
+
+def provenance(command: str, seconds: float, result: dict) -> str:
+    """A script's "Command: ..." line: its wall time, :func:`runs_provenance`, and the runs' CPU time."""
+    return (f"Command: `{command}` — finished in {seconds / 60:.1f} min wall ({runs_provenance(result)}); "
+            f"the runs' own CPU time adds up to {result['cpu_s'] / 60:.1f} CPU-min.")
 
 
 def write_results(section: str, body: str, doc: Path, json_path: Path, result: dict, command: str, info: dict) -> None:

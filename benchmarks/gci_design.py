@@ -122,9 +122,7 @@ def markdown(result: dict, command: str, seconds: float, info: dict) -> str:
                    "a win over the published design on every preset), so the default stays as published.")
     return "\n".join([
         "## Which design of GCI's L_gnn? Chosen on selection seeds", "",
-        f"Command: `{command}` — finished in {seconds / 60:.1f} min wall ({result['fresh_runs']} of "
-        f"{result['runs']} training runs trained here, the others read from the accuracy benchmark's results "
-        f"cache); the runs' own CPU time adds up to {result['cpu_s'] / 60:.1f} CPU-min.", "",
+        accuracy.provenance(command, seconds, result), "",
         common.machine_markdown(info), "",
         "Full SGMN with each design of GCI's L_gnn, and SGMN without GCI, fine-tuned as in the accuracy benchmark "
         f"(standard sizes and budget) on every preset, seeds {result['seeds']} (the accuracy benchmark reports "

@@ -354,16 +354,6 @@ def _alignment_markdown(alignment: Optional[dict]) -> list[str]:
     ]
 
 
-def _provenance(result: dict) -> str:
-    fresh, runs = result["fresh_runs"], result["runs"]
-    cache = "the accuracy benchmark's results cache"
-    if fresh == runs:
-        return f"all {runs} training runs trained here"
-    if fresh == 0:
-        return f"all {runs} training runs read from {cache}"
-    return f"{fresh} of {runs} training runs trained here, the others read from {cache}"
-
-
 def _more_runs(result: dict) -> str:
     parts = []
     if result.get("by_size"):
@@ -384,7 +374,7 @@ def markdown(result: dict, command: str, seconds: float, info: dict) -> str:
                   for name, v in [("no GCI", base), *result["variants"].items()]]
     return "\n".join([
         f"## Where GCI's cost at batch 32 comes from (`{result['preset']}`, selection seeds)", "",
-        f"Command: `{command}` — finished in {seconds / 60:.1f} min wall ({_provenance(result)}{_more_runs(result)}); "
+        f"Command: `{command}` — finished in {seconds / 60:.1f} min wall ({accuracy.runs_provenance(result)}{_more_runs(result)}); "
         f"the first table's runs' own CPU time adds up to {result['cpu_s'] / 60:.1f} CPU-min.", "",
         common.machine_markdown(info), "",
         f"The accuracy benchmark's sizes and code path on `{result['preset']}`, trained with "

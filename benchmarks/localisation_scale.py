@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -83,9 +82,7 @@ def markdown(result: dict, command: str, seconds: float, info: dict) -> str:
                      accuracy._bold_if_clear(cell["oracle_minus_sgmn"])])
     return "\n".join([
         "## Is finding the product worth more at a finer patch grid? (`hard`, from random weights)", "",
-        f"Command: `{command}` — finished in {seconds / 60:.1f} min wall ({result['fresh_runs']} of {result['runs']} "
-        f"training runs trained here, the others read from the results cache); the runs' own CPU time adds up to "
-        f"{result['cpu_s'] / 60:.1f} CPU-min.", "",
+        accuracy.provenance(command, seconds, result), "",
         common.machine_markdown(info), "",
         f"Full SGMN and the same model with oracle boxes (the ground-truth box masks every other patch, in training "
         f"and in the queries), on `{result['preset']}` data rendered at each frame size with the tiny tower at that "
@@ -97,25 +94,32 @@ def markdown(result: dict, command: str, seconds: float, info: dict) -> str:
     ])
 
 
-def run(cfg, preset: str, sizes, seeds, doc: Path, json_path: Path, out: Path, command: str, jobs: int = 1,
-        threads: Optional[int] = None) -> dict:
-    info = common.machine_info()
-    t0 = time.perf_counter()
-    result = measure(cfg, preset, sizes, seeds, out, jobs, threads)
-    accuracy.write_results(SECTION, markdown(result, command, time.perf_counter() - t0, info), doc, json_path, result,
-                           command, info)
-    return result
+def size_sweep_main(script: str, description: str, json_path: Path, section: str, measure, markdown, sizes,
+                    smoke_sizes, seeds, argv: Optional[list[str]], report: Optional[dict] = None) -> dict:
+    """The command line of a script that sweeps the frame size on `hard` (``--smoke``: one seed of
+    `easy` at ``smoke_sizes``): ``measure(cfg, preset, sizes, seeds, out, jobs, threads)`` rendered by
+    ``markdown(result, command, seconds, info)`` as ``section``. ``report`` (keys seeds, section,
+    json, measure, help) adds ``--report``: that measure, on those seeds, into that section and JSON."""
+    flags = [("--report", report["help"])] if report else []
+    args, threads = accuracy.selection_script_args(description, json_path, "one seed, easy preset, small frames", argv,
+                                                   flags)
+    json_out = args.json
+    if report and args.report:
+        measure, seeds, section = report["measure"], report["seeds"], report["section"]
+        json_out = report["json"] if args.json == json_path else args.json
+    if args.smoke:
+        cfg, preset, sizes, seeds = accuracy.mode_config("smoke"), "easy", smoke_sizes, seeds[:1]
+    else:
+        cfg, preset = accuracy.mode_config("standard"), PRESET
+    command = common.command_line() if argv is None else f"python benchmarks/{script} " + " ".join(argv)
+    return accuracy.run_and_write(lambda: measure(cfg, preset, sizes, seeds, args.out, args.jobs, threads),
+                                  lambda result, seconds, info: markdown(result, command, seconds, info),
+                                  section, args.doc, json_out, command)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args, threads = accuracy.selection_script_args(
-        __doc__.split("\n")[0], JSON_PATH, "one seed, easy preset, small frames", argv)
-    if args.smoke:
-        cfg, preset, sizes, seeds = accuracy.mode_config("smoke"), "easy", (32, 64), SEEDS[:1]
-    else:
-        cfg, preset, sizes, seeds = accuracy.mode_config("standard"), PRESET, SIZES, SEEDS
-    command = common.command_line() if argv is None else "python benchmarks/localisation_scale.py " + " ".join(argv)
-    run(cfg, preset, sizes, seeds, args.doc, args.json, args.out, command, args.jobs, threads)
+    size_sweep_main("localisation_scale.py", __doc__.split("\n")[0], JSON_PATH, SECTION, measure, markdown, SIZES,
+                    (32, 64), SEEDS, argv)
 
 
 if __name__ == "__main__":

@@ -89,9 +89,7 @@ def markdown(result: dict, command: str, seconds: float, info: dict, pretrain_ke
                      mark(f"{cells['SGMN mean over presets']:.1f}")])
     return "\n".join([
         "## Fine-tuning recipe of the accuracy benchmark, chosen on selection seeds", "",
-        f"Command: `{command}` — finished in {seconds / 60:.1f} min wall ({result['fresh_runs']} of "
-        f"{result['runs']} training runs trained here, the others read from the accuracy benchmark's results "
-        f"cache); the runs' own CPU time adds up to {result['cpu_s'] / 60:.1f} CPU-min.", "",
+        accuracy.provenance(command, seconds, result), "",
         common.machine_markdown(info), "",
         "The paper fine-tunes CLIP (400M pairs) with the backbone at 1e-3 of the heads' learning rate (lr 3e-4). "
         "The accuracy benchmark starts from a tiny tower pretrained for a few hundred steps on synthetic shops "

@@ -87,9 +87,7 @@ def markdown(result: dict, command: str, seconds: float, info: dict) -> str:
     cmp = ", ".join(f"{p} {result['clip_meanpool_R@1'][p]:.1f}" for p in presets)
     return "\n".join([
         "## Text weight λ of SGMN's score, chosen on selection seeds", "",
-        f"Command: `{command}` — finished in {seconds / 60:.1f} min wall ({result['fresh_runs']} of "
-        f"{result['runs']} training runs trained here, the others read from the accuracy benchmark's results "
-        f"cache); the runs' own CPU time adds up to {result['cpu_s'] / 60:.1f} CPU-min.", "",
+        accuracy.provenance(command, seconds, result), "",
         common.machine_markdown(info), "",
         "Full SGMN fine-tuned with each λ in S = v·p + λ a·t (the score retrieval ranks by and SMF mines from), "
         f"with the accuracy benchmark's sizes and budget, every preset, seeds {result['seeds']} (the accuracy "

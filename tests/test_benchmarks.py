@@ -692,3 +692,59 @@ def test_localisation_scale_pairs_each_size_with_its_oracle_and_writes_its_secti
     # a finer grid lets the same boxes hide more of the frame
     assert 0 < fine["oracle_patch_share"] < coarse["oracle_patch_share"] <= 1
     assert "<!-- localisation-scale:start -->" in doc.read_text() and "--smoke" in doc.read_text()
+
+
+def test_resolution_pretrains_and_fine_tunes_each_size_and_writes_its_section(tmp_path):
+    import resolution as res
+    from sgmn.model.registry import create_model
+    from sgmn.train.pretrain import PretrainConfig
+
+    # at the base size the models are the accuracy benchmark's own (its cache is shared); at another
+    # size each differs from them in the tower's input size alone
+    assert res.models(res.BASE_SIZE) == [accuracy.FULL, *res.COMPARED.values(), accuracy.ORACLE, res.TGA_EVERY_LAYER]
+    for base, spec in zip(res.models(res.BASE_SIZE), res.models(128)):
+        assert dict(spec.overrides) == {**dict(base.overrides), "vision.image_size": 128}
+        assert spec.start == base.start == "pretrain" and spec.variant == base.variant
+        assert create_model(spec.variant, **spec.overrides_dict()).config.vision.image_size == 128
+    # the 128 px pretraining builds a 128 px tower, its shops rendered at the default's ratio
+    over = res.pretrain_overrides(128, {})
+    assert over["image_size"] == PretrainConfig.image_size * 2
+    assert create_model(over["model"]).config.vision.image_size == 128
+    assert res.pretrain_overrides(res.BASE_SIZE, {"epochs": 1}) == {"epochs": 1}
+    assert not set(res.SEEDS) & set(accuracy.mode_config("standard").seeds)
+
+    doc, json_path = tmp_path / "benchmarks.md", tmp_path / "res.json"
+    res.main(["--smoke", "--doc", str(doc), "--json", str(json_path), "--out", str(tmp_path / "out")])
+    result = json.loads(json_path.read_text())
+    assert result["runs"] == 16 and set(result["sizes"]) == {"64", "96"}
+    assert result["sizes"]["64"]["pretrain"]["key"] != result["sizes"]["96"]["pretrain"]["key"]
+    for size, cell in result["sizes"].items():
+        r1 = cell["R@1"]
+        full = res.sized(accuracy.FULL, int(size)).label
+        # one seed: each paired difference is the difference of the two runs' R@1
+        for name, spec in res.COMPARED.items():
+            assert cell["effects"][name]["mean"] == pytest.approx(r1[full] - r1[res.sized(spec, int(size)).label])
+        for key, spec in (("oracle_minus_sgmn", accuracy.ORACLE), ("tga_every_layer_minus_sgmn", res.TGA_EVERY_LAYER)):
+            assert cell[key]["mean"] == pytest.approx(r1[res.sized(spec, int(size)).label] - r1[full])
+        for tga in cell["tga"].values():
+            assert 0 < tga["cos"] <= 1 + 1e-6 and tga["pointing"] > 0
+    assert "<!-- resolution:start -->" in doc.read_text() and "--smoke" in doc.read_text()
+
+    # --report: the goal models alone, on the accuracy benchmark's report seeds, into their own
+    # section and JSON; the selection seeds' section stays
+    report_json = tmp_path / "report.json"
+    res.main(["--smoke", "--report", "--doc", str(doc), "--json", str(report_json), "--out", str(tmp_path / "out")])
+    report = json.loads(report_json.read_text())
+    assert report["seeds"] == [accuracy.AccuracyConfig().seeds[0]] and not report["diagnostics"]
+    assert report["runs"] == 12 and all("oracle_minus_sgmn" not in c for c in report["sizes"].values())
+    text = doc.read_text()
+    assert "<!-- resolution-report:start -->" in text and "<!-- resolution:start -->" in text
+
+
+def test_provenance_says_which_runs_trained_and_which_came_from_the_cache():
+    line = accuracy.provenance("python x.py", 90.0, {"runs": 12, "fresh_runs": 5, "cpu_s": 600.0})
+    assert line.startswith("Command: `python x.py` — finished in 1.5 min wall (5 of 12 training runs trained here, "
+                           "the others read from the accuracy benchmark's results cache)")
+    assert line.endswith("adds up to 10.0 CPU-min.")
+    assert accuracy.runs_provenance({"runs": 12, "fresh_runs": 12}) == "all 12 training runs trained here"
+    assert accuracy.runs_provenance({"runs": 12, "fresh_runs": 0}).startswith("all 12 training runs read from")
