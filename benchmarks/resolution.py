@@ -17,7 +17,9 @@ the oracle does capture it?), on `hard` data rendered at that size, with the acc
 budget and code path (``accuracy.run_one``), on seeds it never reports. Paired R@1 differences with
 95% bootstrap CIs over seeds and queries, and TGA's mechanism metrics.
 
-Writes the ``resolution`` section of docs/benchmarks.md and docs/benchmarks/resolution.json.
+Writes the ``resolution`` section of docs/benchmarks.md and docs/benchmarks/resolution.json. With
+``--report``: the goal models alone on the report seeds 0-4, judged as the accuracy benchmark judges
+them, into the ``resolution-report`` section and docs/benchmarks/resolution_report.json.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ REPORT_JSON_PATH = common.REPO / "docs" / "benchmarks" / "resolution_report.json
 REPORT_SEEDS = accuracy.AccuracyConfig().seeds
 SIZES = (64, 128)
 BASE_SIZE = 64  # the tiny tower's own input size: no override, the accuracy benchmark's pretraining
-RENDER_RATIO = 1.5  # `sgmn pretrain` renders its shops at 96 px for the 64 px tower
 COMPARED = {"vs_clip_meanpool": accuracy.CLIP_MEANPOOL,
             **{k: accuracy.ABLATIONS[k] for k in ("TGA", "TDB", "GCI", "SMF")}}
 # TGA's bias on every layer of the tiny tower: closer to what the oracle does (it masks every layer's
@@ -68,6 +69,7 @@ def pretrain_overrides(size: int, base: dict) -> dict:
         return dict(base)
     from sgmn.train.pretrain import PretrainConfig
 
+    # `sgmn pretrain` renders its shops at 96 px for the 64 px tower: keep that ratio
     rendered = base.get("image_size", PretrainConfig.image_size) * size // BASE_SIZE
     return {**base, "model": tiny_variant(size), "image_size": int(rendered)}
 
